@@ -1,0 +1,39 @@
+"""gsfh_utils: the tested helpers behind the GSHF companion notebooks.
+
+Modules follow the paper: ``gibbs`` (the Gibbs policy and the KL-regularised objective),
+``sampling`` (rejection sampling of the Gibbs policy), ``instance`` (the linear Bradley-Terry
+bandit with exact values), ``stats`` (tests behind the claims), ``claims`` (the claims
+registry), ``plotting`` (style and ``savefig``), ``runner`` (papermill over the notebooks).
+"""
+
+from .claims import ClaimFailed, ClaimRegistry
+from .gibbs import (
+    gibbs_log_policy,
+    gibbs_policy,
+    kl_divergence,
+    log_partition,
+    mirror_ascent,
+    regularized_value,
+)
+from .instance import LinearBTBandit, Preferences
+from .plotting import savefig, set_style
+from .profiles import sizes_for
+from .sampling import acceptance_rate, rejection_sample
+
+__all__ = [
+    "ClaimFailed",
+    "ClaimRegistry",
+    "LinearBTBandit",
+    "Preferences",
+    "acceptance_rate",
+    "gibbs_log_policy",
+    "gibbs_policy",
+    "kl_divergence",
+    "log_partition",
+    "mirror_ascent",
+    "regularized_value",
+    "rejection_sample",
+    "savefig",
+    "set_style",
+    "sizes_for",
+]

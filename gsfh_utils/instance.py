@@ -1,0 +1,194 @@
+"""A linear Bradley-Terry contextual bandit with exact ground truth (PAPER.md section 1).
+
+Contexts ``x ~ d0`` from a finite set, actions ``a`` in ``{0..K-1}``, features ``phi(x, a)`` with
+``||phi|| <= 1``, reward ``r*(x, a) = <theta*, phi(x, a)>``, reference policy ``pi0`` and the
+objective ``J(pi) = E_x [E_pi r* - eta KL(pi || pi0)]``. Everything is exact (finite sums), so
+notebooks can measure suboptimality without Monte-Carlo error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._validation import check_eta, check_positive_int, check_probs
+from .gibbs import gibbs_policy, log_partition, regularized_value
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """A batch of labelled comparisons ``(x, a1, a2, y)``; ``y = 1`` when ``a1`` is preferred.
+
+    Shapes: ``[..., n]`` for ``contexts``, ``first_actions``, ``second_actions``, ``labels``
+    (float 0/1) and ``[..., n, d]`` for ``feature_diffs`` ``z = phi(x, a1) - phi(x, a2)``.
+    """
+
+    contexts: torch.Tensor
+    first_actions: torch.Tensor
+    second_actions: torch.Tensor
+    labels: torch.Tensor
+    feature_diffs: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.labels.shape[-1]
+
+    def concat(self, other: Preferences) -> Preferences:
+        """The two data sets one after the other along the pair dimension."""
+        return Preferences(
+            contexts=torch.cat([self.contexts, other.contexts], -1),
+            first_actions=torch.cat([self.first_actions, other.first_actions], -1),
+            second_actions=torch.cat([self.second_actions, other.second_actions], -1),
+            labels=torch.cat([self.labels, other.labels], -1),
+            feature_diffs=torch.cat([self.feature_diffs, other.feature_diffs], -2),
+        )
+
+
+@dataclass(frozen=True)
+class LinearBTBandit:
+    """Finite contextual bandit with a linear reward and Bradley-Terry preferences.
+
+    Attributes: ``features`` ``[X, K, d]`` (``phi``), ``theta_star`` ``[d]``, ``ref_probs``
+    ``[X, K]`` (``pi0``), ``context_probs`` ``[X]`` (``d0``), ``eta`` > 0. Validated at
+    construction; stored as float64.
+    """
+
+    features: torch.Tensor
+    theta_star: torch.Tensor
+    ref_probs: torch.Tensor
+    context_probs: torch.Tensor
+    eta: float
+
+    def __post_init__(self):
+        features = torch.as_tensor(self.features, dtype=torch.float64)
+        if features.ndim != 3:
+            raise ValueError(f"features must have shape [X, K, d], got {tuple(features.shape)}")
+        if not torch.isfinite(features).all():
+            raise ValueError("features must be finite")
+        if features.norm(dim=-1).max() > 1 + 1e-9:
+            raise ValueError("features must satisfy ||phi(x, a)|| <= 1")
+        num_contexts, num_actions, dim = features.shape
+        theta_star = torch.as_tensor(self.theta_star, dtype=torch.float64)
+        if theta_star.shape != (dim,):
+            raise ValueError(f"theta_star must have shape [{dim}], got {tuple(theta_star.shape)}")
+        if not torch.isfinite(theta_star).all():
+            raise ValueError("theta_star must be finite")
+        ref_probs = check_probs(torch.as_tensor(self.ref_probs, dtype=torch.float64), "ref_probs")
+        if ref_probs.shape != (num_contexts, num_actions):
+            raise ValueError(
+                f"ref_probs must have shape [{num_contexts}, {num_actions}], "
+                f"got {tuple(ref_probs.shape)}"
+            )
+        context_probs = check_probs(
+            torch.as_tensor(self.context_probs, dtype=torch.float64), "context_probs"
+        )
+        if context_probs.shape != (num_contexts,):
+            raise ValueError(
+                f"context_probs must have shape [{num_contexts}], got {tuple(context_probs.shape)}"
+            )
+        check_eta(self.eta)
+        for name, value in [("features", features), ("theta_star", theta_star),
+                            ("ref_probs", ref_probs), ("context_probs", context_probs)]:
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "eta", float(self.eta))
+
+    @classmethod
+    def random(cls, num_contexts: int, num_actions: int, dim: int, norm_bound: float, eta: float,
+               generator: torch.Generator, ref_temperature: float = 1.0) -> LinearBTBandit:
+        """A random instance: features uniform in direction with norms in [0.5, 1], ``theta*``
+        of norm ``norm_bound``, ``pi0 = softmax(ref_temperature * N(0, 1))``, uniform ``d0``."""
+        for name, value in [("num_contexts", num_contexts), ("num_actions", num_actions),
+                            ("dim", dim)]:
+            check_positive_int(value, name)
+        directions = torch.randn(num_contexts, num_actions, dim, dtype=torch.float64,
+                                 generator=generator)
+        directions /= directions.norm(dim=-1, keepdim=True)
+        norms = 0.5 + 0.5 * torch.rand(num_contexts, num_actions, 1, dtype=torch.float64,
+                                       generator=generator)
+        theta = torch.randn(dim, dtype=torch.float64, generator=generator)
+        theta = norm_bound * theta / theta.norm()
+        logits = ref_temperature * torch.randn(num_contexts, num_actions, dtype=torch.float64,
+                                               generator=generator)
+        return cls(directions * norms, theta, torch.softmax(logits, -1),
+                   torch.full((num_contexts,), 1.0 / num_contexts, dtype=torch.float64), eta)
+
+    @property
+    def num_contexts(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def num_actions(self) -> int:
+        return self.features.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[2]
+
+    def rewards(self, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """``<theta, phi(x, a)>`` for ``theta`` of shape ``[..., d]`` (default ``theta*``):
+        shape ``[..., X, K]``."""
+        theta = self.theta_star if theta is None else torch.as_tensor(theta, dtype=torch.float64)
+        if theta.shape[-1:] != (self.dim,):
+            raise ValueError(f"theta must have last dimension {self.dim}, got {tuple(theta.shape)}")
+        return torch.einsum("xkd,...d->...xk", self.features, theta)
+
+    def value(self, policy: torch.Tensor) -> torch.Tensor:
+        """Exact ``J(pi) = sum_x d0(x) [E_pi r* - eta KL(pi || pi0)]`` for ``policy [..., X, K]``."""
+        per_context = regularized_value(policy, self.ref_probs, self.rewards(), self.eta)
+        return (per_context * self.context_probs).sum(-1)
+
+    def optimal_policy(self) -> torch.Tensor:
+        """``pi*``, the Gibbs policy of ``r*``: shape ``[X, K]``."""
+        return gibbs_policy(self.ref_probs, self.rewards(), self.eta)
+
+    def optimal_value(self) -> torch.Tensor:
+        """``J(pi*) = eta E_x log Z_{r*}(x)`` (the gap identity with ``pi = pi*``)."""
+        log_z = log_partition(self.ref_probs, self.rewards(), self.eta)
+        return self.eta * (log_z * self.context_probs).sum(-1)
+
+    def suboptimality(self, policy: torch.Tensor) -> torch.Tensor:
+        """``J(pi*) - J(pi)`` (``= eta E_x KL(pi || pi*)`` by the gap identity)."""
+        return self.optimal_value() - self.value(policy)
+
+    def sample_contexts(self, num_pairs: int, generator: torch.Generator,
+                        batch_shape: tuple[int, ...] = ()) -> torch.Tensor:
+        """``x ~ d0``: integer tensor of shape ``[*batch_shape, num_pairs]``."""
+        check_positive_int(num_pairs, "num_pairs")
+        size = int(torch.Size(batch_shape).numel()) * num_pairs
+        draws = torch.multinomial(self.context_probs, size, replacement=True, generator=generator)
+        return draws.reshape(*batch_shape, num_pairs)
+
+    def sample_preferences(self, num_pairs: int, first_policy: torch.Tensor,
+                           second_policy: torch.Tensor, generator: torch.Generator,
+                           batch_shape: tuple[int, ...] = ()) -> Preferences:
+        """Draw ``x ~ d0``, ``a1 ~ first_policy(.|x)``, ``a2 ~ second_policy(.|x)`` and a
+        Bradley-Terry label ``y ~ Bernoulli(sigmoid(r*(x,a1) - r*(x,a2)))``.
+
+        Policies have shape ``[X, K]`` or ``[*batch_shape, X, K]`` (one per seed).
+        """
+        contexts = self.sample_contexts(num_pairs, generator, batch_shape)
+        first = self._sample_actions(first_policy, contexts, generator, "first_policy")
+        second = self._sample_actions(second_policy, contexts, generator, "second_policy")
+        rewards = self.rewards()
+        margin = rewards[contexts, first] - rewards[contexts, second]
+        uniforms = torch.rand(margin.shape, dtype=torch.float64, generator=generator)
+        labels = (uniforms < torch.sigmoid(margin)).to(torch.float64)
+        feature_diffs = self.features[contexts, first] - self.features[contexts, second]
+        return Preferences(contexts, first, second, labels, feature_diffs)
+
+    def _sample_actions(self, policy, contexts, generator, name):
+        policy = check_probs(policy, name)
+        batch_shape = contexts.shape[:-1]
+        if policy.shape not in {(self.num_contexts, self.num_actions),
+                                (*batch_shape, self.num_contexts, self.num_actions)}:
+            raise ValueError(
+                f"{name} must have shape [X, K] or [*batch_shape, X, K] = "
+                f"{(*batch_shape, self.num_contexts, self.num_actions)}, got {tuple(policy.shape)}"
+            )
+        policy = policy.expand(*batch_shape, self.num_contexts, self.num_actions)
+        rows = torch.gather(
+            policy, -2, contexts.unsqueeze(-1).expand(*contexts.shape, self.num_actions)
+        )
+        draws = torch.multinomial(rows.reshape(-1, self.num_actions), 1, replacement=True,
+                                  generator=generator)
+        return draws.reshape(contexts.shape)
