@@ -14,8 +14,9 @@ from .gibbs import (
     log_partition,
     mirror_ascent,
     regularized_value,
+    total_variation,
 )
-from .instance import LinearBTBandit, Preferences
+from .instance import LinearBTBandit, Preferences, random_policies
 from .plotting import savefig, set_style
 from .profiles import sizes_for
 from .sampling import acceptance_rate, rejection_sample
@@ -32,8 +33,10 @@ __all__ = [
     "log_partition",
     "mirror_ascent",
     "regularized_value",
+    "random_policies",
     "rejection_sample",
     "savefig",
     "set_style",
     "sizes_for",
+    "total_variation",
 ]

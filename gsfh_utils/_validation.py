@@ -21,13 +21,13 @@ def as_float_tensor(value, name: str) -> torch.Tensor:
     return tensor
 
 
-def probability_tolerance(dtype: torch.dtype) -> float:
-    """How far a row sum may be from 1: sqrt(machine epsilon) of the dtype.
+def probability_tolerance(dtype: torch.dtype, num_actions: int) -> float:
+    """How far a row sum may be from 1: ``max(sqrt(eps(dtype)), K eps(float32))``.
 
-    Far above the round-off of a normalisation (about K * eps) and far below any
-    unnormalisation that matters (1.5e-8 in float64, 3.5e-4 in float32).
+    Covers the round-off of a normalisation done in single precision and then cast up
+    (about ``K eps32``), and stays far below any unnormalisation that matters.
     """
-    return math.sqrt(torch.finfo(dtype).eps)
+    return max(math.sqrt(torch.finfo(dtype).eps), num_actions * torch.finfo(torch.float32).eps)
 
 
 def check_probs(probs, name: str) -> torch.Tensor:
@@ -40,7 +40,7 @@ def check_probs(probs, name: str) -> torch.Tensor:
     if (probs < 0).any():
         raise ValueError(f"{name} must be non-negative, got minimum {probs.min().item():.3g}")
     deviation = (probs.sum(-1) - 1).abs().max().item()
-    if deviation > probability_tolerance(probs.dtype):
+    if deviation > probability_tolerance(probs.dtype, probs.shape[-1]):
         raise ValueError(
             f"{name} must sum to 1 over the last (action) dimension, "
             f"largest deviation is {deviation:.3g}"
@@ -60,7 +60,10 @@ def check_eta(eta, dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
     Returned with a trailing singleton dimension so it broadcasts against ``[..., K]``.
     """
-    eta = torch.as_tensor(eta, dtype=dtype) if not isinstance(eta, torch.Tensor) else eta.to(dtype)
+    try:
+        eta = eta.to(dtype) if isinstance(eta, torch.Tensor) else torch.as_tensor(eta, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"eta must be a positive number or tensor, got {eta!r}") from exc
     if not torch.isfinite(eta).all() or (eta <= 0).any():
         raise ValueError(f"eta must be positive and finite, got {eta.tolist()}")
     return eta.unsqueeze(-1)

@@ -8,6 +8,7 @@ Notation: ``ref_probs`` is pi0(.|x), ``rewards`` is r(x, .), ``eta`` the KL coef
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -28,13 +29,16 @@ def _gibbs_logits(ref_probs, rewards, eta):
     ref_probs, rewards = broadcast_pair(ref_probs, rewards, ("ref_probs", "rewards"))
     eta = check_eta(eta, ref_probs.dtype)
     check_eta_shape(eta, ref_probs.shape[:-1])
-    # log pi0 + r / eta; actions outside the support of pi0 get -inf and so probability 0.
-    return torch.log(ref_probs) + rewards / eta, ref_probs, rewards, eta
+    # log pi0 + (r - r_max)/eta, with r_max the largest reward on the support of pi0: the shift
+    # changes nothing mathematically but keeps log pi0 exact on the maximisers when eta is tiny
+    # (r/eta ~ 1e6 would round it away). Actions outside the support get -inf, so probability 0.
+    reward_max = torch.where(ref_probs > 0, rewards, -torch.inf).amax(-1, keepdim=True)
+    return torch.log(ref_probs) + (rewards - reward_max) / eta, reward_max, eta
 
 
 def gibbs_log_policy(ref_probs, rewards, eta) -> torch.Tensor:
     """log pi_r(a|x) = log pi0(a|x) + r(x,a)/eta - log Z_r(x)  (PAPER.md section 2)."""
-    logits, *_ = _gibbs_logits(ref_probs, rewards, eta)
+    logits, _, _ = _gibbs_logits(ref_probs, rewards, eta)
     return torch.log_softmax(logits, dim=-1)
 
 
@@ -45,7 +49,7 @@ def gibbs_policy(ref_probs, rewards, eta) -> torch.Tensor:
     ``log pi0 + r/eta``, so it is exact in the limits: zero outside the support of pi0 for any
     reward, and pi0 restricted to the maximisers of r as ``eta -> 0``.
     """
-    logits, *_ = _gibbs_logits(ref_probs, rewards, eta)
+    logits, _, _ = _gibbs_logits(ref_probs, rewards, eta)
     return torch.softmax(logits, dim=-1)
 
 
@@ -54,8 +58,8 @@ def log_partition(ref_probs, rewards, eta) -> torch.Tensor:
 
     ``eta * log_partition`` is the optimal value of the regularised objective per context.
     """
-    logits, *_ = _gibbs_logits(ref_probs, rewards, eta)
-    return torch.logsumexp(logits, dim=-1)
+    logits, reward_max, eta = _gibbs_logits(ref_probs, rewards, eta)
+    return torch.logsumexp(logits, dim=-1) + (reward_max / eta).squeeze(-1)
 
 
 def kl_divergence(p, q) -> torch.Tensor:
@@ -75,6 +79,8 @@ def regularized_value(policy, ref_probs, rewards, eta) -> torch.Tensor:
     ref_probs = check_probs(ref_probs, "ref_probs")
     rewards = check_rewards(rewards)
     policy, rewards = broadcast_pair(policy, rewards, ("policy", "rewards"))
+    policy, ref_probs = broadcast_pair(policy, ref_probs, ("policy", "ref_probs"))
+    rewards = rewards.expand(policy.shape)
     eta = check_eta(eta, policy.dtype).squeeze(-1)
     check_eta_shape(eta.unsqueeze(-1), policy.shape[:-1])
     return (policy * rewards).sum(-1) - eta * kl_divergence(policy, ref_probs)
@@ -97,8 +103,8 @@ def mirror_ascent(
     """
     probs = check_probs(initial_probs, "initial_probs")
     check_positive_int(num_steps, "num_steps")
-    if not step_size > 0:
-        raise ValueError(f"step_size must be positive, got {step_size!r}")
+    if not (step_size > 0 and math.isfinite(step_size)):
+        raise ValueError(f"step_size must be positive and finite, got {step_size!r}")
     iterates = [probs]
     for _ in range(num_steps):
         probs = torch.softmax(torch.log(probs) + step_size * gradient(probs), dim=-1)
@@ -111,14 +117,21 @@ def objective_gradient(ref_probs, rewards, eta) -> Callable[[torch.Tensor], torc
 
     Actions outside the support of pi0 are never reached from an initial policy inside it (the
     multiplicative update keeps zeros at zero); their gradient is set to 0 to avoid ``inf - inf``.
+    Inside the support, a probability that has underflowed to 0 (small ``eta``) is read as the
+    smallest normal number, so the gradient stays finite and the update keeps it at 0 instead of
+    producing ``-inf + inf = NaN``.
     """
     ref_probs = check_probs(ref_probs, "ref_probs")
     rewards = check_rewards(rewards)
+    ref_probs, rewards = broadcast_pair(ref_probs, rewards, ("ref_probs", "rewards"))
     eta = check_eta(eta, ref_probs.dtype)
+    check_eta_shape(eta, ref_probs.shape[:-1])
     support = ref_probs > 0
+    tiny = torch.finfo(ref_probs.dtype).tiny
 
     def gradient(probs: torch.Tensor) -> torch.Tensor:
-        log_ratio = torch.where(support, torch.log(probs) - torch.log(ref_probs), 0.0)
+        log_probs = torch.log(probs.clamp_min(tiny))
+        log_ratio = torch.where(support, log_probs - torch.log(ref_probs), 0.0)
         return torch.where(support, rewards - eta * (log_ratio + 1), 0.0)
 
     return gradient
@@ -136,7 +149,13 @@ def gibbs_frontier_eta(ref_probs, rewards, kl_target, num_bisections: int = 200)
     kl_target = torch.as_tensor(kl_target, dtype=ref_probs.dtype)
     if (kl_target < 0).any() or not torch.isfinite(kl_target).all():
         raise ValueError("kl_target must be finite and non-negative")
-    shape = torch.broadcast_shapes(ref_probs.shape[:-1], kl_target.shape)
+    try:
+        shape = torch.broadcast_shapes(ref_probs.shape[:-1], kl_target.shape)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"kl_target (shape {tuple(kl_target.shape)}) must broadcast against the leading "
+            f"dimensions {tuple(ref_probs.shape[:-1])} of ref_probs"
+        ) from exc
     low = torch.full(shape, -12 * torch.log(torch.tensor(10.0)).item(), dtype=ref_probs.dtype)
     high = -low
     for _ in range(num_bisections):
@@ -146,3 +165,65 @@ def gibbs_frontier_eta(ref_probs, rewards, kl_target, num_bisections: int = 200)
         high = torch.where(too_close, middle, high)
         low = torch.where(too_close, low, middle)
     return ((low + high) / 2).exp()
+
+
+def total_variation(p, q) -> torch.Tensor:
+    """TV(p, q) = 1/2 sum_a |p(a) - q(a)| over the last dimension."""
+    p = check_probs(p, "p")
+    q = check_probs(q, "q")
+    p, q = broadcast_pair(p, q, ("p", "q"))
+    return 0.5 * (p - q).abs().sum(-1)
+
+
+def _support_rewards(ref_probs, rewards):
+    ref_probs = check_probs(ref_probs, "ref_probs")
+    rewards = check_rewards(rewards)
+    ref_probs, rewards = broadcast_pair(ref_probs, rewards, ("ref_probs", "rewards"))
+    support = ref_probs > 0
+    return ref_probs, torch.where(support, rewards, -torch.inf), support
+
+
+def small_eta_limit(ref_probs, rewards) -> torch.Tensor:
+    """The limit of the Gibbs policy as ``eta -> 0``: pi0 restricted to the maximisers of r on
+    the support of pi0, renormalised.
+
+    pi_eta(a) ∝ pi0(a) exp((r(a) - r_max)/eta): the factor is 1 on the maximisers and vanishes
+    elsewhere, so ties keep the *ratios of pi0* (the law is uniform over the maximisers only
+    when pi0 is uniform on them).
+    """
+    ref_probs, support_rewards, _ = _support_rewards(ref_probs, rewards)
+    maximisers = support_rewards == support_rewards.amax(-1, keepdim=True)
+    restricted = torch.where(maximisers, ref_probs, 0.0)
+    return restricted / restricted.sum(-1, keepdim=True)
+
+
+def small_eta_tv_bound(ref_probs, rewards, eta) -> torch.Tensor:
+    """Bound on ``TV(pi_eta, small_eta_limit)``: ``pi0(not M)/pi0(M) exp(-gap/eta)``.
+
+    ``M`` are the maximisers of r on the support, ``gap`` the distance from ``max r`` to the next
+    reward value on the support. The TV equals the Gibbs mass outside ``M``, which is at most
+    ``sum_{a not in M} pi0(a) exp(-gap/eta) / pi0(M)``. With no other action the bound is 0.
+    """
+    ref_probs, support_rewards, support = _support_rewards(ref_probs, rewards)
+    eta = check_eta(eta, ref_probs.dtype).squeeze(-1)
+    reward_max = support_rewards.amax(-1, keepdim=True)
+    maximisers = support_rewards == reward_max
+    mass_max = torch.where(maximisers, ref_probs, 0.0).sum(-1)
+    mass_rest = torch.where(maximisers, 0.0, ref_probs).sum(-1)
+    runner_up = torch.where(maximisers | ~support, -torch.inf, support_rewards).amax(-1)
+    gap = reward_max.squeeze(-1) - runner_up  # +inf when every supported action is maximal
+    return mass_rest / mass_max * torch.exp(-gap / eta)
+
+
+def large_eta_tv_bound(ref_probs, rewards, eta) -> torch.Tensor:
+    """Bound on ``TV(pi_eta, pi0)``: ``(exp(osc/eta) - 1)/2`` with ``osc = max r - min r`` on the
+    support of pi0.
+
+    The ratio ``pi_eta(a)/pi0(a) = exp(r(a)/eta)/E_pi0 exp(r/eta)`` lies in
+    ``[exp(-osc/eta), exp(osc/eta)]``, so ``|pi_eta(a) - pi0(a)| <= pi0(a) (exp(osc/eta) - 1)``.
+    """
+    ref_probs, support_rewards, support = _support_rewards(ref_probs, rewards)
+    eta = check_eta(eta, ref_probs.dtype).squeeze(-1)
+    minimum = torch.where(support, support_rewards, torch.inf).amin(-1)
+    oscillation = support_rewards.amax(-1) - minimum
+    return 0.5 * torch.expm1(oscillation / eta)

@@ -192,3 +192,22 @@ class LinearBTBandit:
         draws = torch.multinomial(rows.reshape(-1, self.num_actions), 1, replacement=True,
                                   generator=generator)
         return draws.reshape(contexts.shape)
+
+
+def random_policies(ref_probs: torch.Tensor, num_policies: int, generator: torch.Generator,
+                    log10_scale: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """Random policies on the support of ``ref_probs [..., K]``: shape ``[..., num_policies, K]``.
+
+    Each is ``softmax(s * N(0, I))`` restricted to the support, with the scale ``s``
+    log-uniform in ``10**log10_scale``: small scales give spread-out policies, large ones nearly
+    deterministic policies.
+    """
+    ref_probs = check_probs(ref_probs, "ref_probs")
+    check_positive_int(num_policies, "num_policies")
+    shape = (*ref_probs.shape[:-1], num_policies, ref_probs.shape[-1])
+    low, high = log10_scale
+    scales = 10 ** (low + (high - low) * torch.rand(*shape[:-1], 1, dtype=torch.float64,
+                                                       generator=generator))
+    logits = scales * torch.randn(shape, dtype=torch.float64, generator=generator)
+    logits = torch.where(ref_probs.unsqueeze(-2) > 0, logits, -torch.inf)
+    return torch.softmax(logits, dim=-1)

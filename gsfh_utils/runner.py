@@ -147,7 +147,7 @@ def report(runs: list[NotebookRun], output_dir: Path) -> str:
         state = "ok" if r.ok else "FAILED"
         lines.append(f"{r.name:<32} {state:<7} {r.seconds:7.1f} s")
         if r.error:
-            lines.append(f"    error: {r.error.splitlines()[0][:300]}")
+            lines.append(f"    error: {' '.join(r.error.split())[:300]}")
             lines.append(f"    executed copy kept at {output_dir / (r.name + '.ipynb')}")
         elif not r.claims_hold:
             lines.append("    a claim does not hold (see the table)")

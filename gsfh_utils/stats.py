@@ -62,3 +62,18 @@ def binomial_z_scores(successes_rate: torch.Tensor, trials: torch.Tensor,
     trials = torch.as_tensor(trials, dtype=torch.float64)
     spread = torch.sqrt(probability * (1 - probability) / trials)
     return (successes_rate - probability) / spread
+
+
+#: Unit round-off of float64 (half the machine epsilon).
+UNIT_ROUNDOFF = torch.finfo(torch.float64).eps / 2
+
+
+def roundoff_tolerance(num_terms: int, magnitude: torch.Tensor) -> torch.Tensor:
+    """Float64 error bound of a sum of ``num_terms`` terms whose absolute values add up to
+    ``magnitude``: ``(num_terms + 8) u magnitude``.
+
+    Recursive summation errs by at most ``gamma_{n-1} sum |x_i|`` with ``gamma_n ≈ n u``
+    (Higham, Accuracy and Stability, eq. 4.4); the ``+ 8`` covers the few rounded operations
+    (log, exp, product, difference) that make each term.
+    """
+    return (num_terms + 8) * UNIT_ROUNDOFF * torch.as_tensor(magnitude, dtype=torch.float64)
