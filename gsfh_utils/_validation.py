@@ -15,7 +15,9 @@ def as_float_tensor(value, name: str) -> torch.Tensor:
         try:
             tensor = torch.as_tensor(value, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise ValueError(f"{name} must be a tensor of numbers, got {type(value).__name__}") from exc
+            raise ValueError(
+                f"{name} must be a tensor of numbers, got {type(value).__name__}"
+            ) from exc
     if tensor.ndim == 0:
         raise ValueError(f"{name} must have an action dimension (last dimension), got a scalar")
     return tensor

@@ -138,8 +138,9 @@ def markdown_claims_table(results: list[dict]) -> str:
              "|---|---|---|---|---|---|"]
     for data in results:
         for claim in data["claims"]:
+            statement = claim["statement"].replace("|", r"\|")  # a pipe would split the cell
             lines.append(
-                f"| {data['notebook']} | `{claim['id']}` | {claim['statement']} | "
+                f"| {data['notebook']} | `{claim['id']}` | {statement} | "
                 f"{_format_number(claim['value'])} | {claim['comparison']} "
                 f"{_format_number(claim['threshold'])} | {'yes' if claim['holds'] else '**no**'} |"
             )

@@ -133,7 +133,7 @@ class LinearBTBandit:
         return torch.einsum("xkd,...d->...xk", self.features, theta)
 
     def value(self, policy: torch.Tensor) -> torch.Tensor:
-        """Exact ``J(pi) = sum_x d0(x) [E_pi r* - eta KL(pi || pi0)]`` for ``policy [..., X, K]``."""
+        """Exact ``J(pi) = sum_x d0(x) [E_pi r* - eta KL(pi || pi0)]``, ``policy [..., X, K]``."""
         per_context = regularized_value(policy, self.ref_probs, self.rewards(), self.eta)
         return (per_context * self.context_probs).sum(-1)
 

@@ -10,5 +10,6 @@ def sizes_for(profile: str, small: dict, full: dict) -> dict:
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     if set(small) != set(full):
-        raise ValueError(f"small and full must set the same sizes: {sorted(set(small) ^ set(full))}")
+        differing = sorted(set(small) ^ set(full))
+        raise ValueError(f"small and full must set the same sizes, they differ in {differing}")
     return dict(small if profile == "small" else full)

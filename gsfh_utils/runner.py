@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .claims import format_claims_table, markdown_claims_table, read_results
 from .io import REPOSITORY_ROOT, atomic_write
+from .io import output_dir as results_folder
 from .profiles import PROFILES
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
@@ -86,7 +87,8 @@ def check_parameters(notebooks: list[Path], parameters: dict) -> None:
             )
 
 
-def run_notebook(notebook: Path, output_dir: Path, parameters: dict, results_dir: Path) -> NotebookRun:
+def run_notebook(notebook: Path, output_dir: Path, parameters: dict,
+                 results_dir: Path) -> NotebookRun:
     """Execute one notebook; never raises for a failure inside the notebook."""
     import papermill
 
@@ -124,8 +126,6 @@ def update_readme(readme: Path, results: list[dict]) -> None:
 def run(notebooks: list[Path], output_dir: Path, parameters: dict,
         show_progress: bool = True) -> list[NotebookRun]:
     from tqdm.auto import tqdm
-
-    from .io import output_dir as results_folder
 
     output_dir.mkdir(parents=True, exist_ok=True)
     results_dir = results_folder("results")
@@ -201,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = run(notebooks, args.output_dir.resolve(), parameters, not args.no_progress)
     print(report(runs, args.output_dir))
     if args.update_readme and all(r.ok for r in runs):
-        update_readme(REPOSITORY_ROOT / "README.md", [r.results for r in runs])
+        # Every notebook's results file, not only this run's: a partial run keeps the table whole.
+        results_dir = results_folder("results")
+        every = [results_dir / f"{p.stem}.json" for p in find_notebooks(args.notebook_dir)]
+        update_readme(REPOSITORY_ROOT / "README.md", [read_results(p) for p in every if p.exists()])
     return 0 if all(r.ok for r in runs) else 1
 
 

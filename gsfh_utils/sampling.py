@@ -81,7 +81,8 @@ def rejection_sample(ref_probs, rewards, eta, num_samples: int, generator: torch
     proposed = torch.zeros(num_rows, dtype=torch.float64)
     accepted = torch.zeros(num_rows, dtype=torch.float64)
     # Enough proposals per round that most rows finish in one or two rounds.
-    per_round = min(max(math.ceil(1.2 * num_samples / worst_rate), num_samples), 2**22 // num_rows + 1)
+    per_round = min(max(math.ceil(1.2 * num_samples / worst_rate), num_samples),
+                    2**22 // num_rows + 1)
     rows = torch.arange(num_rows).unsqueeze(-1)
     while (filled < num_samples).any():
         active = filled < num_samples
