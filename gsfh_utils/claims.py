@@ -61,7 +61,9 @@ class ClaimRegistry:
               **details) -> Claim:
         """Record ``value <comparison> threshold``, write the results file, raise if false.
 
-        NaN never holds. ``details`` (numbers, strings, lists) are stored beside the claim.
+        NaN never holds; a non-finite value is written as the string "nan", "inf" or "-inf"
+        (the file is strict JSON). ``details`` (finite numbers, strings, lists) are stored
+        beside the claim.
         """
         if comparison not in COMPARISONS:
             raise ValueError(f"comparison must be one of {sorted(COMPARISONS)}, got {comparison!r}")
@@ -69,6 +71,12 @@ class ClaimRegistry:
             raise ValueError(f"claim id {id!r} is already recorded")
         value = _as_float(value, "value")
         threshold = _as_float(threshold, "threshold")
+        try:  # checked before recording: an unwritable claim would block every later write
+            json.dumps(details, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"details must be strict JSON (finite numbers, strings, lists): {exc}"
+            ) from exc
         holds = not math.isnan(value) and COMPARISONS[comparison](value, threshold)
         claim = Claim(id, statement, value, threshold, comparison, bool(holds), details)
         self.claims.append(claim)
@@ -86,11 +94,11 @@ class ClaimRegistry:
             "profile": self.profile,
             "seed": self.seed,
             "parameters": self.parameters,
-            "claims": [asdict(claim) for claim in self.claims],
+            "claims": [_strict_json_numbers(asdict(claim)) for claim in self.claims],
         }
 
     def write(self) -> Path:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
         return atomic_write(self.path, lambda temporary: temporary.write_text(text))
 
     def summary(self) -> str:
@@ -107,8 +115,16 @@ def read_results(path) -> dict:
     return data
 
 
-def _format_number(value: float) -> str:
-    return f"{value:.4g}"
+def _strict_json_numbers(claim: dict) -> dict:
+    """NaN and infinities as the strings "nan", "inf", "-inf": strict JSON has no such numbers."""
+    for key in ("value", "threshold"):
+        if not math.isfinite(claim[key]):
+            claim[key] = str(claim[key])
+    return claim
+
+
+def _format_number(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:.4g}"
 
 
 def claims_rows(results: list[dict]) -> list[tuple[str, ...]]:

@@ -1,0 +1,122 @@
+"""Shared test settings, strategies and fixtures.
+
+Hypothesis runs under the "ci" profile by default: no deadline (the first call of a torch op can
+be slow), a modest number of examples, and derandomised so that two runs test the same examples.
+``HYPOTHESIS_PROFILE=dev`` explores more (randomised) examples locally.
+
+Strategies build float64 problems ``[B, K]`` (B rows of contexts, K actions) with reference
+policies that may put zero mass on some actions (actions outside the support of pi0), rewards
+in a bounded range and ``eta`` drawn log-uniformly over [1e-6, 1e8].
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import pytest
+import torch
+from hypothesis import settings
+from hypothesis import strategies as st
+
+matplotlib.use("Agg")
+# The tests use tiny tensors: one intra-op thread is faster than several fighting over 2 cores.
+torch.set_num_threads(1)
+
+settings.register_profile("ci", deadline=None, max_examples=60, derandomize=True, database=None)
+settings.register_profile("dev", deadline=None, max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+#: Machine epsilon of float64; the round-off tolerances of the tests are multiples of it.
+EPS = torch.finfo(torch.float64).eps
+
+ETA_MIN, ETA_MAX = 1e-6, 1e8
+
+
+def log_uniform(low: float, high: float) -> st.SearchStrategy[float]:
+    """Floats spread evenly in log10 between ``low`` and ``high`` (both > 0)."""
+    import math
+
+    return st.floats(math.log10(low), math.log10(high)).map(lambda t: 10.0**t)
+
+
+def etas(low: float = ETA_MIN, high: float = ETA_MAX) -> st.SearchStrategy[float]:
+    """The KL coefficient, log-uniform in [low, high] (default the full range 1e-6 .. 1e8)."""
+    return log_uniform(low, high)
+
+
+@st.composite
+def distributions(draw, num_actions: int, support: list[bool] | None = None,
+                  allow_zeros: bool = True, min_prob: float = 1e-12) -> list[float]:
+    """One probability vector over ``num_actions`` actions, as a list of floats.
+
+    Positive entries are log-uniform weights in [min_prob, 1] before normalisation (so ratios up
+    to 1/min_prob occur); with ``allow_zeros`` some entries are exactly 0. Entries where
+    ``support`` is False are always 0; at least one entry inside the support is positive.
+    """
+    support = support if support is not None else [True] * num_actions
+    positive = log_uniform(min_prob, 1.0)
+    entry = st.one_of(st.just(0.0), positive) if allow_zeros else positive
+    weights = [draw(entry) if inside else 0.0 for inside in support]
+    if not any(w > 0 for w in weights):
+        allowed = [i for i, inside in enumerate(support) if inside]
+        weights[draw(st.sampled_from(allowed))] = draw(positive)
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+@st.composite
+def ref_probs_batches(draw, max_actions: int = 8, max_rows: int = 3, allow_zeros: bool = True,
+                      min_prob: float = 1e-12) -> torch.Tensor:
+    """Reference policies ``[B, K]`` (float64), possibly with zeros (actions outside pi0)."""
+    num_actions = draw(st.integers(1, max_actions))
+    num_rows = draw(st.integers(1, max_rows))
+    rows = [draw(distributions(num_actions, allow_zeros=allow_zeros, min_prob=min_prob))
+            for _ in range(num_rows)]
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def rewards_like(shape: tuple[int, ...], scale: float = 10.0) -> st.SearchStrategy[torch.Tensor]:
+    """Rewards of ``shape`` with entries in [-scale, scale] (ties and zeros are common)."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    entry = st.floats(-scale, scale, allow_nan=False, allow_infinity=False)
+    return st.lists(entry, min_size=numel, max_size=numel).map(
+        lambda values: torch.tensor(values, dtype=torch.float64).reshape(shape)
+    )
+
+
+@st.composite
+def gibbs_problems(draw, eta_range: tuple[float, float] = (ETA_MIN, ETA_MAX),
+                   reward_scale: float = 10.0, max_actions: int = 8, max_rows: int = 3,
+                   allow_zeros: bool = True, min_prob: float = 1e-12):
+    """``(ref_probs [B, K], rewards [B, K], eta)`` for the Gibbs-policy properties."""
+    ref_probs = draw(ref_probs_batches(max_actions, max_rows, allow_zeros, min_prob))
+    rewards = draw(rewards_like(tuple(ref_probs.shape), reward_scale))
+    eta = draw(etas(*eta_range))
+    return ref_probs, rewards, eta
+
+
+@st.composite
+def policies_on_support(draw, ref_probs: torch.Tensor, allow_zeros: bool = True,
+                        min_prob: float = 1e-12) -> torch.Tensor:
+    """A policy ``[B, K]`` whose support lies inside that of ``ref_probs`` (finite KL)."""
+    rows = [draw(distributions(ref_probs.shape[-1], support=(row > 0).tolist(),
+                               allow_zeros=allow_zeros, min_prob=min_prob))
+            for row in ref_probs]
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def output_dirs(tmp_path, monkeypatch):
+    """Point figures and results at ``tmp_path`` so no test writes into the repository.
+
+    Autouse: every test gets its own folders, and ``monkeypatch`` restores the environment even
+    when the code under test (the runner's ``main``) sets the variables itself.
+    """
+    figures = tmp_path / "figures"
+    results = tmp_path / "results"
+    monkeypatch.setenv("GSFH_FIGURES_DIR", str(figures))
+    monkeypatch.setenv("GSFH_RESULTS_DIR", str(results))
+    return {"figures": figures, "results": results}

@@ -1,0 +1,153 @@
+"""Statistical helpers behind the claims, against scipy (an independent implementation)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import scipy.stats
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gsfh_utils.stats import (
+    MIN_EXPECTED_COUNT,
+    binomial_z_scores,
+    chi_square_pvalue,
+    empirical_counts,
+    normal_quantile,
+)
+
+F64 = torch.float64
+
+
+def t(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=F64)
+
+
+def scipy_pvalue(counts, expected) -> float:
+    return scipy.stats.chisquare(list(counts), list(expected)).pvalue
+
+
+@given(st.integers(2, 8).flatmap(
+    lambda k: st.tuples(st.lists(st.floats(0.05, 1.0), min_size=k, max_size=k),
+                        st.lists(st.integers(0, 400), min_size=k, max_size=k))))
+def test_chi_square_pvalue_matches_scipy_when_no_bin_is_pooled(data):
+    weights, counts = data
+    probs = t(weights) / sum(weights)
+    counts = t(counts)
+    total = counts.sum().item()
+    expected = probs * total
+    if total == 0 or expected.min() < MIN_EXPECTED_COUNT:
+        counts = counts + math.ceil(MIN_EXPECTED_COUNT / probs.min().item())  # make bins large
+        expected = probs * counts.sum()
+    pvalue = chi_square_pvalue(counts, probs).item()
+    reference = scipy_pvalue(counts.tolist(), expected.tolist())
+    assert math.isclose(pvalue, reference, rel_tol=1e-9, abs_tol=1e-300)
+
+
+def test_chi_square_pvalue_is_batched():
+    probs = t([[0.2, 0.3, 0.5], [0.6, 0.2, 0.2]])
+    counts = t([[30.0, 20.0, 50.0], [50.0, 30.0, 20.0]])
+    pvalues = chi_square_pvalue(counts, probs)
+    assert pvalues.shape == (2,)
+    for row in range(2):
+        assert math.isclose(pvalues[row].item(),
+                            scipy_pvalue(counts[row].tolist(), (probs[row] * 100).tolist()),
+                            rel_tol=1e-9)
+
+
+def test_small_bins_are_pooled_into_one():
+    # n = 60: expected (24, 24, 6, 3, 3); the two bins below 5 are pooled into one of 6
+    probs = t([0.4, 0.4, 0.1, 0.05, 0.05])
+    counts = t([20.0, 27.0, 7.0, 5.0, 1.0])
+    reference = scipy_pvalue([20, 27, 7, 6], [24, 24, 6, 6])
+    assert math.isclose(chi_square_pvalue(counts, probs).item(), reference, rel_tol=1e-9)
+    # a pooled bin is kept even when its own expectation stays below 5 (here 3)
+    probs = t([0.45, 0.5, 0.05])
+    counts = t([25.0, 30.0, 5.0])
+    reference = scipy_pvalue([25, 30, 5], [27, 30, 3])
+    assert math.isclose(chi_square_pvalue(counts, probs).item(), reference, rel_tol=1e-9)
+
+
+def test_no_degree_of_freedom_gives_p_one():
+    # every bin small: one pooled bin, dof 0, nothing to test
+    assert chi_square_pvalue(t([1.0, 5.0]), t([0.5, 0.5])).item() == 1.0
+    # one action only
+    assert chi_square_pvalue(t([10.0]), t([1.0])).item() == 1.0
+
+
+def test_draws_on_zero_probability_bins_give_p_zero():
+    probs = t([0.5, 0.5, 0.0])
+    assert chi_square_pvalue(t([50.0, 49.0, 1.0]), probs).item() == 0.0
+    # zero-probability bins without draws are harmless
+    reference = scipy_pvalue([55, 45], [50, 50])
+    assert math.isclose(chi_square_pvalue(t([55.0, 45.0, 0.0]), probs).item(), reference,
+                        rel_tol=1e-9)
+    batched = chi_square_pvalue(t([[50.0, 49.0, 1.0], [55.0, 45.0, 0.0]]), probs.expand(2, 3))
+    assert batched[0].item() == 0.0 and batched[1].item() > 0
+
+
+def test_pvalue_is_calibrated_under_the_null():
+    """2000 multinomial samples from probs: the share of p-values below 0.05 is 0.05 up to a
+    binomial bound at two-sided level 1e-4 (the chi-square approximation at n = 200 with
+    expected counts >= 10 is far more accurate than that bound)."""
+    probs = t([0.05, 0.15, 0.3, 0.5])
+    generator = torch.Generator().manual_seed(0)
+    samples = torch.multinomial(probs.expand(2000, 4), 200, replacement=True, generator=generator)
+    pvalues = chi_square_pvalue(empirical_counts(samples, 4), probs.expand(2000, 4))
+    share = (pvalues < 0.05).to(F64).mean().item()
+    z = normal_quantile(1 - 1e-4 / 2)
+    assert abs(share - 0.05) <= z * math.sqrt(0.05 * 0.95 / 2000)
+
+
+def test_chi_square_bad_input():
+    with pytest.raises(ValueError, match="counts .* and probs .* differ"):
+        chi_square_pvalue(t([1.0, 2.0, 3.0]), t([0.5, 0.5]))
+    with pytest.raises(ValueError, match="probs must sum to 1"):
+        chi_square_pvalue(t([1.0, 2.0]), t([0.5, 0.6]))
+    with pytest.raises(ValueError, match="probs must be non-negative"):
+        chi_square_pvalue(t([1.0, 2.0]), t([-0.5, 1.5]))
+
+
+def test_empirical_counts_against_bincount():
+    generator = torch.Generator().manual_seed(1)
+    samples = torch.randint(0, 5, (2, 3, 50), generator=generator)
+    counts = empirical_counts(samples, 6)  # one action never drawn
+    assert counts.shape == (2, 3, 6) and counts.dtype == F64
+    for i in range(2):
+        for j in range(3):
+            expected = torch.bincount(samples[i, j], minlength=6).to(F64)
+            assert torch.equal(counts[i, j], expected)
+    assert torch.all(counts.sum(-1) == 50) and torch.all(counts[..., 5] == 0)
+    assert torch.equal(empirical_counts(torch.tensor([2, 2, 0]), 3), t([1.0, 0.0, 2.0]))
+
+
+@pytest.mark.parametrize("probability", [1e-12, 1e-3, 0.025, 0.3, 0.5, 0.975, 1 - 1e-9])
+def test_normal_quantile_matches_scipy(probability):
+    assert math.isclose(normal_quantile(probability), scipy.stats.norm.ppf(probability),
+                        rel_tol=1e-12, abs_tol=1e-15)
+
+
+@pytest.mark.parametrize("probability", [0.0, 1.0, -0.1, 1.5, math.nan])
+def test_normal_quantile_rejects_probabilities_outside_the_open_interval(probability):
+    with pytest.raises(ValueError, match="probability"):
+        normal_quantile(probability)
+
+
+def test_binomial_z_scores():
+    assert math.isclose(binomial_z_scores(t(0.6), 100, 0.5).item(), 2.0, rel_tol=1e-14)
+    rates = t([0.5, 0.45, 0.2])
+    trials = t([400.0, 100.0, 1e6])
+    probability = t([0.5, 0.5, 0.1])
+    z = binomial_z_scores(rates, trials, probability)
+    expected = [(r - p) / math.sqrt(p * (1 - p) / n) for r, n, p in zip(
+        rates.tolist(), trials.tolist(), probability.tolist(), strict=True)]
+    torch.testing.assert_close(z, t(expected), rtol=1e-14, atol=1e-14)
+    # a scalar probability broadcasts against a batch of rates
+    assert binomial_z_scores(t([0.5, 0.6]), 100, 0.5).shape == (2,)
+    # it agrees with the normal approximation scipy uses for a binomial proportion
+    successes, n, p = 530, 1000, 0.5
+    reference = (successes - n * p) / math.sqrt(scipy.stats.binom.var(n, p))
+    assert math.isclose(binomial_z_scores(t(successes / n), n, p).item(), reference,
+                        rel_tol=1e-12)
