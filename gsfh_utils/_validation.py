@@ -35,8 +35,9 @@ def probability_tolerance(dtype: torch.dtype, num_actions: int) -> float:
 def check_probs(probs, name: str) -> torch.Tensor:
     """Validate a batch of distributions over the last dimension (finite, >= 0, sum to 1)."""
     probs = as_float_tensor(probs, name)
-    if probs.shape[-1] == 0:
-        raise ValueError(f"{name} must have at least one action, got shape {tuple(probs.shape)}")
+    if probs.shape[-1] == 0 or probs.numel() == 0:
+        raise ValueError(f"{name} must hold at least one distribution over at least one action, "
+                         f"got shape {tuple(probs.shape)}")
     if not torch.isfinite(probs).all():
         raise ValueError(f"{name} must be finite (no NaN or inf)")
     if (probs < 0).any():

@@ -622,7 +622,7 @@ BAD_GIBBS_INPUTS = [
     ({"ref_probs": [0.2, 0.3, 0.5 + 1e-5]}, "ref_probs must sum to 1"),
     ({"ref_probs": [0.0, 0.0, 0.0]}, "ref_probs must sum to 1"),
     ({"ref_probs": 1.0}, "ref_probs must have an action dimension"),
-    ({"ref_probs": [], "rewards": []}, "ref_probs must have at least one action"),
+    ({"ref_probs": [], "rewards": []}, "ref_probs must hold at least one distribution"),
     ({"ref_probs": "abc"}, "ref_probs must be a tensor"),
     ({"rewards": [math.nan, 0.0, 0.0]}, "rewards must be finite"),
     ({"rewards": [math.inf, 0.0, 0.0]}, "rewards must be finite"),
@@ -702,3 +702,8 @@ def test_constant_shift_of_rewards_does_not_change_the_policy(eta, rewards):
     log_z = log_partition(ref, rewards, eta)
     log_z_shifted = log_partition(ref, rewards + shift, eta)
     assert abs((log_z_shifted - log_z).item() - shift / eta) <= relative.item()
+
+
+def test_an_empty_batch_of_distributions_is_a_value_error():
+    with pytest.raises(ValueError, match="ref_probs must hold at least one distribution"):
+        gibbs_policy(torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, 3), 1.0)

@@ -151,3 +151,8 @@ def test_binomial_z_scores():
     reference = (successes - n * p) / math.sqrt(scipy.stats.binom.var(n, p))
     assert math.isclose(binomial_z_scores(t(successes / n), n, p).item(), reference,
                         rel_tol=1e-12)
+
+
+def test_empirical_counts_rejects_indices_outside_the_actions():
+    with pytest.raises(ValueError, match="samples must be action indices"):
+        empirical_counts(torch.tensor([[0, 3]]), 3)
