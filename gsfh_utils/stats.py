@@ -16,6 +16,9 @@ MIN_EXPECTED_COUNT = 5.0
 
 def empirical_counts(samples: torch.Tensor, num_actions: int) -> torch.Tensor:
     """Counts of each action in ``samples [..., n]``: shape ``[..., num_actions]`` (float64)."""
+    if samples.numel() and (samples.min() < 0 or samples.max() >= num_actions):
+        raise ValueError(f"samples must be action indices in [0, {num_actions}), "
+                         f"got values in [{samples.min().item()}, {samples.max().item()}]")
     counts = torch.zeros(*samples.shape[:-1], num_actions, dtype=torch.float64)
     return counts.scatter_add_(-1, samples, torch.ones_like(samples, dtype=torch.float64))
 
