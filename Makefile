@@ -27,8 +27,9 @@ lab: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check gsfh_utils tests benchmarks notebooks
 
+## Speed ratios against plain baselines, measured in the same run (see benchmarks/README.md).
 benchmark: $(STAMP)
-	$(BIN)/python -m benchmarks
+	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf build .pytest_cache .hypothesis .ruff_cache

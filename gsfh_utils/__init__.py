@@ -7,6 +7,7 @@ registry), ``plotting`` (style and ``savefig``), ``runner`` (papermill over the 
 """
 
 from .claims import ClaimFailed, ClaimRegistry
+from .estimation import fit_bt_mle
 from .gibbs import (
     gibbs_log_policy,
     gibbs_policy,
@@ -27,6 +28,7 @@ __all__ = [
     "LinearBTBandit",
     "Preferences",
     "acceptance_rate",
+    "fit_bt_mle",
     "gibbs_log_policy",
     "gibbs_policy",
     "kl_divergence",

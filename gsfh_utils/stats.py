@@ -80,3 +80,66 @@ def roundoff_tolerance(num_terms: int, magnitude: torch.Tensor) -> torch.Tensor:
     (log, exp, product, difference) that make each term.
     """
     return (num_terms + 8) * UNIT_ROUNDOFF * torch.as_tensor(magnitude, dtype=torch.float64)
+
+
+def loglog_slope(sizes, values, level: float = 0.99) -> tuple[float, float, float]:
+    """Least-squares slope of ``log values`` against ``log sizes`` and its two-sided ``level``
+    confidence interval (Student t, ``len - 2`` degrees of freedom).
+
+    ``sizes`` and ``values`` are flat arrays of the same length, one entry per independent
+    measurement (e.g. every seed at every data size, drawn independently), all values > 0.
+    Returns ``(slope, lower, upper)``.
+    """
+    from scipy import stats as scipy_stats
+
+    x = torch.log(torch.as_tensor(sizes, dtype=torch.float64).reshape(-1))
+    values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if x.shape != values.shape:
+        raise ValueError(f"sizes ({x.numel()}) and values ({values.numel()}) must match")
+    if x.numel() < 3 or bool((x == x[0]).all()):
+        raise ValueError("need at least 3 points and 2 distinct sizes")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    if bool((values <= 0).any()) or not bool(torch.isfinite(values).all()):
+        raise ValueError("values must be positive and finite (they are logged)")
+    y = torch.log(values)
+    x_centred = x - x.mean()
+    slope = (x_centred * (y - y.mean())).sum() / (x_centred**2).sum()
+    residuals = y - y.mean() - slope * x_centred
+    dof = x.numel() - 2
+    stderr = torch.sqrt((residuals**2).sum() / dof / (x_centred**2).sum())
+    half = scipy_stats.t.ppf(0.5 + level / 2, dof) * stderr.item()
+    return slope.item(), slope.item() - half, slope.item() + half
+
+
+def paired_test(first, second, alternative: str = "greater") -> float:
+    """p-value of the Wilcoxon signed-rank test that ``first - second`` is centred at 0, against
+    ``alternative`` ("greater": ``first`` tends to exceed ``second``; "less"; "two-sided").
+    Paired samples, e.g. two methods on the same seeds."""
+    from scipy import stats as scipy_stats
+
+    first = torch.as_tensor(first, dtype=torch.float64).reshape(-1)
+    second = torch.as_tensor(second, dtype=torch.float64).reshape(-1)
+    if first.shape != second.shape or first.numel() < 2:
+        raise ValueError("first and second must be paired samples of the same length (>= 2)")
+    if alternative not in {"greater", "less", "two-sided"}:
+        raise ValueError(
+            f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}")
+    return float(scipy_stats.wilcoxon(first.numpy(), second.numpy(),
+                                      alternative=alternative).pvalue)
+
+
+def two_sample_test(first, second, alternative: str = "greater") -> float:
+    """p-value of the Mann-Whitney U test that ``first`` and ``second`` (independent samples) come
+    from the same law, against ``alternative`` ("greater": ``first`` tends to be larger)."""
+    from scipy import stats as scipy_stats
+
+    first = torch.as_tensor(first, dtype=torch.float64).reshape(-1)
+    second = torch.as_tensor(second, dtype=torch.float64).reshape(-1)
+    if first.numel() < 1 or second.numel() < 1:
+        raise ValueError("first and second must be non-empty")
+    if alternative not in {"greater", "less", "two-sided"}:
+        raise ValueError(
+            f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}")
+    return float(scipy_stats.mannwhitneyu(first.numpy(), second.numpy(),
+                                          alternative=alternative).pvalue)

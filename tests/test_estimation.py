@@ -1,0 +1,203 @@
+"""Tests of gsfh_utils.estimation: the Bradley-Terry MLE, Sigma_D, gamma, beta, nu and the norms.
+
+Every function is checked against an independent computation: scipy's L-BFGS for the MLE,
+finite differences for the gradient, explicit sums and inverses for the closed forms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import minimize
+
+import gsfh_utils as gu
+from gsfh_utils import estimation
+
+
+def random_problem(batch, num_pairs, dim, seed, scale=3.0):
+    generator = torch.Generator().manual_seed(seed)
+    theta = torch.randn(dim, dtype=torch.float64, generator=generator)
+    theta = scale * theta / theta.norm()
+    z = torch.randn(*batch, num_pairs, dim, dtype=torch.float64, generator=generator) / dim**0.5
+    labels = (torch.rand(*batch, num_pairs, dtype=torch.float64, generator=generator)
+              < torch.sigmoid(z @ theta)).to(torch.float64)
+    return z, labels
+
+
+def scipy_fit(z, labels, reg):
+    """Independent reference: L-BFGS-B with the analytic gradient, to a tight tolerance."""
+    z, signs = z.numpy(), (2 * labels - 1).numpy()
+
+    def objective(w):
+        margins = signs * (z @ w)
+        value = np.logaddexp(0, -margins).sum() + 0.5 * reg * w @ w
+        return value, -z.T @ (signs / (1 + np.exp(margins))) + reg * w
+
+    result = minimize(objective, np.zeros(z.shape[1]), jac=True, method="L-BFGS-B",
+                      options=dict(gtol=1e-11, ftol=0, maxiter=10_000))
+    return torch.from_numpy(result.x)
+
+
+def test_fit_bt_mle_is_exported():
+    assert gu.fit_bt_mle is estimation.fit_bt_mle
+
+
+@pytest.mark.parametrize("num_pairs,dim,reg", [(5, 2, 1.0), (50, 4, 0.1), (300, 8, 1.0),
+                                               (40, 6, 1e-3)])
+def test_fit_matches_scipy(num_pairs, dim, reg):
+    z, labels = random_problem((6,), num_pairs, dim, seed=num_pairs + dim)
+    theta = estimation.fit_bt_mle(z, labels, reg)
+    for row in range(6):
+        reference = scipy_fit(z[row], labels[row], reg)
+        # Both are within (gradient norm) / reg of the unique minimiser (strong convexity).
+        assert torch.allclose(theta[row], reference, atol=1e-6 / min(reg, 1.0) ** 0.5, rtol=0)
+
+
+def test_fit_converges_to_stated_tolerance_and_is_stationary():
+    z, labels = random_problem((3, 4), 200, 5, seed=1)
+    theta = estimation.fit_bt_mle(z, labels, 0.5)
+    assert theta.shape == (3, 4, 5)
+    gradient = estimation.bt_gradient(theta, z, labels, 0.5)
+    assert gradient.norm(dim=-1).max() <= estimation.MLE_TOLERANCE
+
+
+def test_batched_fit_equals_single_fits():
+    z, labels = random_problem((5,), 120, 4, seed=2)
+    batched = estimation.fit_bt_mle(z, labels, 1.0)
+    single = torch.stack([estimation.fit_bt_mle(z[i], labels[i], 1.0) for i in range(5)])
+    assert torch.allclose(batched, single, atol=1e-9, rtol=0)
+
+
+def test_fit_chunks_give_the_same_answer(monkeypatch):
+    z, labels = random_problem((7,), 64, 3, seed=3)
+    whole = estimation.fit_bt_mle(z, labels, 1.0)
+    monkeypatch.setattr(estimation, "CHUNK_BYTES", 1)  # one problem per chunk
+    assert torch.allclose(estimation.fit_bt_mle(z, labels, 1.0), whole, atol=1e-9, rtol=0)
+
+
+def test_fit_separable_data_with_small_ridge():
+    # Labels all agree with <theta, z> > 0: the plain MLE diverges, the ridge keeps it finite.
+    z = torch.tensor([[1.0, 0.0], [0.5, 0.2], [2.0, -0.1]], dtype=torch.float64)
+    labels = torch.ones(3, dtype=torch.float64)
+    theta = estimation.fit_bt_mle(z, labels, 1e-4)
+    assert torch.isfinite(theta).all() and theta[0] > 1
+    assert estimation.bt_gradient(theta, z, labels, 1e-4).norm() <= estimation.MLE_TOLERANCE
+
+
+def test_gradient_matches_finite_differences():
+    z, labels = random_problem((), 30, 3, seed=4)
+    theta = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64)
+    gradient = estimation.bt_gradient(theta, z, labels, 0.7)
+    step = 1e-6
+    numeric = torch.stack([
+        (estimation.bt_objective(theta + step * e, z, labels, 0.7)
+         - estimation.bt_objective(theta - step * e, z, labels, 0.7)) / (2 * step)
+        for e in torch.eye(3, dtype=torch.float64)])
+    assert torch.allclose(gradient, numeric, atol=1e-6, rtol=1e-6)
+
+
+@settings(max_examples=25)
+@given(num_pairs=st.integers(1, 40), dim=st.integers(1, 5),
+       log_reg=st.floats(-2, 1), seed=st.integers(0, 10_000), scale=st.floats(0.1, 8.0))
+def test_fit_property_stationary_and_minimal(num_pairs, dim, log_reg, seed, scale):
+    reg = 10.0**log_reg
+    z, labels = random_problem((2,), num_pairs, dim, seed, scale)
+    theta = estimation.fit_bt_mle(z, labels, reg)
+    assert estimation.bt_gradient(theta, z, labels, reg).norm(dim=-1).max() <= 1e-9
+    # No random perturbation has a smaller objective (convexity: the stationary point is the min).
+    generator = torch.Generator().manual_seed(seed)
+    perturbed = theta.unsqueeze(0) + 1e-3 * torch.randn(16, 2, dim, dtype=torch.float64,
+                                                        generator=generator)
+    base = estimation.bt_objective(theta, z, labels, reg)
+    assert (estimation.bt_objective(perturbed, z, labels, reg) >= base - 1e-12).all()
+
+
+def test_fit_bad_inputs():
+    z, labels = random_problem((), 10, 3, seed=5)
+    with pytest.raises(ValueError, match="empty"):
+        estimation.fit_bt_mle(torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0), 1.0)
+    with pytest.raises(ValueError, match="labels"):
+        estimation.fit_bt_mle(z, labels + 1, 1.0)
+    with pytest.raises(ValueError, match="labels"):
+        estimation.fit_bt_mle(z, torch.full((10,), 0.5), 1.0)
+    with pytest.raises(ValueError, match="labels"):
+        estimation.fit_bt_mle(z, labels[:-1], 1.0)  # mismatched n
+    with pytest.raises(ValueError, match="feature_diffs"):
+        estimation.fit_bt_mle(z[0], labels, 1.0)  # no pair dimension
+    with pytest.raises(ValueError, match="feature_diffs"):
+        estimation.fit_bt_mle(z * float("nan"), labels, 1.0)
+    for reg in (0.0, -1.0, float("nan"), float("inf"), "a"):
+        with pytest.raises(ValueError, match="reg"):
+            estimation.fit_bt_mle(z, labels, reg)
+
+
+def test_fit_reports_non_convergence():
+    z, labels = random_problem((), 50, 3, seed=6)
+    with pytest.raises(RuntimeError, match="did not converge"):
+        estimation.fit_bt_mle(z, labels, 1.0, max_iter=1)
+
+
+def test_sigma_d_closed_form():
+    z, _ = random_problem((2,), 17, 4, seed=7)
+    sigma = estimation.sigma_d(z, 0.3)
+    for row in range(2):
+        explicit = 0.3 * torch.eye(4, dtype=torch.float64) + sum(
+            torch.outer(z[row, i], z[row, i]) for i in range(17))
+        assert torch.allclose(sigma[row], explicit, atol=1e-12)
+    with pytest.raises(ValueError, match="reg"):
+        estimation.sigma_d(z, 0.0)
+
+
+def test_slope_bound_is_the_minimum_slope():
+    for margin in (0.0, 0.5, 4.0, 30.0):
+        grid = torch.linspace(-margin, margin, 10_001, dtype=torch.float64)
+        slopes = torch.sigmoid(grid) * torch.sigmoid(-grid)
+        assert math.isclose(estimation.slope_bound(margin), slopes.min().item(), rel_tol=1e-12)
+        assert math.isclose(estimation.slope_bound(margin),
+                            1 / (2 + math.exp(margin) + math.exp(-margin)), rel_tol=1e-12)
+    assert 0 < estimation.slope_bound(700.0) < 1e-300  # no overflow
+    with pytest.raises(ValueError, match="margin_bound"):
+        estimation.slope_bound(-1.0)
+
+
+def test_confidence_radius_closed_form_and_bad_inputs():
+    gamma = estimation.slope_bound(4.0)
+    beta = estimation.confidence_radius(8, 0.05, gamma, 1.0, 4.0)
+    assert math.isclose(beta, math.sqrt((8 + math.log(20)) / gamma**2 + 16), rel_tol=1e-14)
+    assert math.isclose(estimation.confidence_radius(8, 0.05, gamma, 1.0, 4.0, constant=0.1),
+                        0.1 * beta, rel_tol=1e-14)
+    for delta in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="delta"):
+            estimation.confidence_radius(8, delta, gamma, 1.0, 4.0)
+    with pytest.raises(ValueError, match="reg"):
+        estimation.confidence_radius(8, 0.05, gamma, 0.0, 4.0)
+    with pytest.raises(ValueError, match="gamma"):
+        estimation.confidence_radius(8, 0.05, 0.0, 1.0, 4.0)
+    with pytest.raises(ValueError, match="dim"):
+        estimation.confidence_radius(0, 0.05, gamma, 1.0, 4.0)
+
+
+def test_reference_vectors_and_norms():
+    generator = torch.Generator().manual_seed(8)
+    features = torch.randn(3, 5, 4, dtype=torch.float64, generator=generator)
+    ref = torch.softmax(torch.randn(3, 5, dtype=torch.float64, generator=generator), -1)
+    nu = estimation.reference_vectors(features, ref)
+    assert torch.allclose(nu, (ref.unsqueeze(-1) * features).sum(1), atol=1e-14)
+    with pytest.raises(ValueError, match="features"):
+        estimation.reference_vectors(features[:, :4], ref)
+    root = torch.randn(2, 4, 4, dtype=torch.float64, generator=generator)
+    sigma = root @ root.transpose(-1, -2) + torch.eye(4, dtype=torch.float64)
+    vectors = torch.randn(2, 4, dtype=torch.float64, generator=generator)
+    explicit = torch.einsum("bi,bij,bj->b", vectors, torch.linalg.inv(sigma), vectors).sqrt()
+    assert torch.allclose(estimation.inverse_sigma_norm(vectors, sigma), explicit, atol=1e-12)
+    explicit = torch.einsum("bi,bij,bj->b", vectors, sigma, vectors).sqrt()
+    assert torch.allclose(estimation.sigma_norm(vectors, sigma), explicit, atol=1e-12)
+    with pytest.raises(ValueError, match="d ="):
+        estimation.inverse_sigma_norm(vectors[:, :3], sigma)
+    with pytest.raises(ValueError, match="d ="):
+        estimation.sigma_norm(vectors[:, :3], sigma)
