@@ -7,6 +7,7 @@ registry), ``plotting`` (style and ``savefig``), ``runner`` (papermill over the 
 """
 
 from .claims import ClaimFailed, ClaimRegistry
+from .dpo import dpo_loss
 from .estimation import fit_bt_mle
 from .gibbs import (
     gibbs_log_policy,
@@ -28,6 +29,7 @@ __all__ = [
     "LinearBTBandit",
     "Preferences",
     "acceptance_rate",
+    "dpo_loss",
     "fit_bt_mle",
     "gibbs_log_policy",
     "gibbs_policy",

@@ -1,0 +1,530 @@
+"""DPO as the Gibbs oracle applied to the Bradley-Terry MLE, and iterative DPO (PAPER.md section 5).
+
+- ``dpo_loss``: the per-pair DPO loss on log-probabilities, with its variants (sigmoid with
+  conservative label smoothing as in cDPO, IPO, hinge as in SLiC/RSO).
+- ``train_dpo_linear`` / ``train_dpo_tabular``: minimise the regularised DPO objective over the
+  linear-softmax class ``pi_w(a|x) ∝ pi_ref(a|x) exp(<w, phi(x,a)>)`` (tabular: ``phi`` one-hot,
+  i.e. one free logit per (context, action)), batched over leading dimensions (seeds), by damped
+  Newton steps whose derivatives come from torch autograd, to a stated gradient tolerance.
+- ``iterative_dpo``: the practical online GSHF loop: DPO on all data so far, sample ``n``
+  responses per prompt from the current policy, pair them by a named selector, label by the
+  Bradley-Terry oracle, append. The reference is ``"fixed"`` (pi0) or ``"previous"`` (the
+  previous iterate).
+
+Why DPO is MLE + Gibbs (the derivation notebook 04 spells out): for ``pi_w`` the DPO margin is
+``h = log pi_w(a_w)/pi_ref(a_w) - log pi_w(a_l)/pi_ref(a_l) = <w, phi(a_w) - phi(a_l)>`` (the
+normaliser cancels), so ``-log sigmoid(eta h)`` is the Bradley-Terry negative log-likelihood of
+``theta = eta w``, and the minimiser of the DPO objective is the Gibbs policy of the MLE reward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ._validation import check_positive_int, check_probs
+from .estimation import fit_bt_mle
+
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+#: Loss types the Newton trainer accepts (twice differentiable in the margin).
+SMOOTH_LOSS_TYPES = ("sigmoid", "ipo")
+SELECTORS = ("random", "max_random", "max_min")
+REFERENCES = ("fixed", "previous")
+
+#: Default stopping tolerance of the DPO trainers: Euclidean norm of the gradient of the
+#: objective with respect to ``theta = eta w`` (reward units), as for ``fit_bt_mle``. By strong
+#: convexity (modulus ``reg``) the iterate is within ``tol / reg`` of the exact minimiser.
+DPO_TOLERANCE = 1e-9
+
+
+def _eta_value(eta) -> float:
+    try:
+        eta = float(eta)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"eta must be a positive number, got {eta!r}") from exc
+    if not (eta > 0 and math.isfinite(eta)):
+        raise ValueError(f"eta must be positive and finite, got {eta!r}")
+    return eta
+
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+             eta, loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> torch.Tensor:
+    """Per-pair DPO loss (Rafailov et al. 2023, eq. 7; variants as in the reference
+    implementation eric-mitchell/direct-preference-optimization).
+
+    ``h = (log pi(a_w) - log pi_ref(a_w)) - (log pi(a_l) - log pi_ref(a_l))`` and
+
+    - ``"sigmoid"``: ``(1 - ls) (-log sigmoid(eta h)) + ls (-log sigmoid(-eta h))``; with
+      ``label_smoothing = ls = 0`` this is DPO, otherwise conservative DPO (labels flipped with
+      probability ``ls``);
+    - ``"ipo"``: ``(h - 1/(2 eta))^2`` (Azar et al. 2023; ``eta`` is their ``tau``);
+    - ``"hinge"``: ``max(0, 1 - eta h)`` (SLiC / RSO).
+
+    Inputs broadcast together; the result has their broadcast shape (no reduction). ``eta`` is
+    the KL coefficient (DPO's ``beta``).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    try:
+        label_smoothing = float(label_smoothing)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"label_smoothing must be a number in [0, 0.5), got {label_smoothing!r}") \
+            from exc
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must lie in [0, 0.5), got {label_smoothing!r}")
+    if label_smoothing and loss_type != "sigmoid":
+        raise ValueError(f"label_smoothing applies only to loss_type='sigmoid', got {loss_type!r}")
+    eta = _eta_value(eta)
+    tensors = []
+    for name, value in [("policy_chosen_logps", policy_chosen_logps),
+                        ("policy_rejected_logps", policy_rejected_logps),
+                        ("ref_chosen_logps", ref_chosen_logps),
+                        ("ref_rejected_logps", ref_rejected_logps)]:
+        if not isinstance(value, torch.Tensor):
+            try:
+                value = torch.as_tensor(value, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ValueError(f"{name} must be a tensor of log-probabilities") from exc
+        if not value.is_floating_point():
+            value = value.to(torch.float64)
+        if torch.isnan(value).any():
+            raise ValueError(f"{name} must not contain NaN")
+        tensors.append(value)
+    try:
+        torch.broadcast_shapes(*(t.shape for t in tensors))
+    except RuntimeError as exc:
+        raise ValueError("the four log-probability tensors must broadcast together: shapes "
+                         f"{[tuple(t.shape) for t in tensors]}") from exc
+    pc, pr, rc, rr = tensors
+    margin = (pc - rc) - (pr - rr)
+    if loss_type == "sigmoid":
+        loss = F.softplus(-eta * margin)  # -log sigmoid(eta h), stable
+        if label_smoothing:
+            loss = (1 - label_smoothing) * loss + label_smoothing * F.softplus(eta * margin)
+        return loss
+    if loss_type == "ipo":
+        return (margin - 1 / (2 * eta)) ** 2
+    return torch.relu(1 - eta * margin)
+
+
+# --------------------------------------------------------------------------------------------
+# Training: damped Newton on the linear-softmax class, derivatives by autograd.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DPOFit:
+    """The result of a DPO training run.
+
+    ``w [..., d]``: the parameter of ``pi_w ∝ pi_ref exp(<w, phi>)``; ``theta = eta w`` the implicit
+    reward parameter; ``grad_norm [...]``: final gradient norm of the objective in ``theta`` units;
+    ``iterations``: Newton steps taken (the largest over the batch).
+    """
+
+    w: torch.Tensor
+    theta: torch.Tensor
+    grad_norm: torch.Tensor
+    iterations: int
+
+
+def _margin_derivatives(margins, eta, loss_type, label_smoothing):
+    """Per-pair loss, first and second derivative in the margin ``h``, by autograd.
+
+    The loss of pair ``i`` depends on ``h_i`` only, so the gradient of the sum is the vector of
+    first derivatives and the gradient of *its* sum the vector of second derivatives.
+    """
+    with torch.enable_grad():
+        h = margins.detach().requires_grad_(True)
+        zeros = torch.zeros_like(h)
+        loss = dpo_loss(h, zeros, zeros, zeros, eta, loss_type, label_smoothing)
+        (first,) = torch.autograd.grad(loss.sum(), h, create_graph=True)
+        (second,) = torch.autograd.grad(first.sum(), h)
+    return loss.detach(), first.detach(), second.detach()
+
+
+def _check_pairs(chosen_minus_rejected, weights):
+    z = torch.as_tensor(chosen_minus_rejected, dtype=torch.float64)
+    if z.ndim < 2 or z.shape[-2] == 0 or z.shape[-1] == 0:
+        raise ValueError("chosen_minus_rejected must have shape [..., n, d] with n, d >= 1, got "
+                         f"{tuple(z.shape)}")
+    if not torch.isfinite(z).all():
+        raise ValueError("chosen_minus_rejected must be finite")
+    if weights is None:
+        weights = torch.ones(z.shape[:-1], dtype=torch.float64)
+    else:
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        try:
+            weights = weights.expand(z.shape[:-1])
+        except RuntimeError as exc:
+            raise ValueError(f"weights (shape {tuple(weights.shape)}) must broadcast against "
+                             f"{tuple(z.shape[:-1])}") from exc
+        if (weights < 0).any() or not torch.isfinite(weights).all():
+            raise ValueError("weights must be finite and non-negative")
+    return z, weights
+
+
+def dpo_objective_linear(w, chosen_minus_rejected, eta, reg, loss_type="sigmoid",
+                         label_smoothing=0.0, weights=None) -> torch.Tensor:
+    """``sum_i weight_i dpo_loss(h_i) + reg/2 ||eta w||^2`` with ``h_i = <w, z_i>`` (batched).
+
+    ``z_i = phi(x_i, chosen_i) - phi(x_i, rejected_i)``: the DPO margin of ``pi_w`` against its
+    reference, since the normaliser of ``pi_w`` cancels in the difference.
+    """
+    z, weights = _check_pairs(chosen_minus_rejected, weights)
+    margins = torch.einsum("...nd,...d->...n", z, w)
+    zeros = torch.zeros_like(margins)
+    loss = dpo_loss(margins, zeros, zeros, zeros, eta, loss_type, label_smoothing)
+    return (weights * loss).sum(-1) + 0.5 * reg * eta**2 * (w * w).sum(-1)
+
+
+def train_dpo_linear(chosen_minus_rejected, eta, reg: float, loss_type: str = "sigmoid",
+                     label_smoothing: float = 0.0, weights=None, tol: float = DPO_TOLERANCE,
+                     max_iter: int = 100) -> DPOFit:
+    """Minimise the regularised DPO objective over the linear-softmax class (batched).
+
+    Objective: ``L(w) = sum_i weight_i l(<w, z_i>) + reg/2 ||eta w||^2`` with ``l`` the per-pair
+    ``dpo_loss`` and ``z_i = phi(chosen) - phi(rejected)`` of shape ``[..., n, d]``. In
+    ``theta = eta w`` and for the sigmoid loss without smoothing this is exactly the ridge BT
+    objective of ``fit_bt_mle``, so the minimiser is ``theta_hat / eta``.
+
+    Method: damped Newton from ``w = 0``; the first and second derivatives of ``l`` in the margin
+    come from torch autograd; gradient ``sum l'(h_i) z_i + reg eta^2 w`` and Hessian
+    ``sum l''(h_i) z_i z_i^T + reg eta^2 I`` (positive definite: ``l`` is convex); Armijo
+    backtracking. Converged when the gradient in ``theta`` units, ``||grad_w L|| / eta``, is at
+    most ``tol`` for every problem of the batch. Only smooth losses (``sigmoid``, ``ipo``).
+    """
+    if loss_type not in SMOOTH_LOSS_TYPES:
+        if loss_type in LOSS_TYPES:
+            raise ValueError(f"loss_type={loss_type!r} is not twice differentiable; the Newton "
+                             f"trainer accepts {SMOOTH_LOSS_TYPES}")
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    eta = _eta_value(eta)
+    reg = float(reg)
+    if not (reg > 0 and math.isfinite(reg)):
+        raise ValueError(f"reg must be positive and finite, got {reg!r}")
+    if not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol!r}")
+    z, weights = _check_pairs(chosen_minus_rejected, weights)
+    leading, (num_pairs, dim) = z.shape[:-2], z.shape[-2:]
+    z = z.reshape(-1, num_pairs, dim)
+    weights = weights.reshape(-1, num_pairs)
+    batch = z.shape[0]
+    z_t = z.transpose(1, 2).contiguous()  # [b, d, n]
+    penalty = reg * eta**2
+    eye = torch.eye(dim, dtype=torch.float64)
+    w = torch.zeros(batch, dim, dtype=torch.float64)
+    margins = torch.zeros(batch, num_pairs, dtype=torch.float64)
+
+    def objective_at(m, w_):
+        zeros = torch.zeros_like(m)
+        loss = dpo_loss(m, zeros, zeros, zeros, eta, loss_type, label_smoothing)
+        return (weights * loss).sum(-1) + 0.5 * penalty * (w_ * w_).sum(-1)
+
+    objective = objective_at(margins, w)
+    for iteration in range(max_iter + 1):
+        _, first, second = _margin_derivatives(margins, eta, loss_type, label_smoothing)
+        gradient = torch.bmm((weights * first).unsqueeze(1), z).squeeze(1) + penalty * w
+        grad_norm = gradient.norm(dim=-1) / eta
+        if bool((grad_norm <= tol).all()) or iteration == max_iter:
+            break
+        hessian = torch.bmm(z_t * (weights * second).unsqueeze(1), z) + penalty * eye
+        step = torch.linalg.solve(hessian, gradient.unsqueeze(-1)).squeeze(-1)
+        step_margins = torch.bmm(step.unsqueeze(1), z_t).squeeze(1)
+        decrement = (gradient * step).sum(-1)
+        size = torch.ones(batch, dtype=torch.float64)
+        pending = torch.ones(batch, dtype=torch.bool)
+        new_objective = objective
+        for _ in range(60):
+            trial_w = w - size.unsqueeze(-1) * step
+            trial = objective_at(margins - size.unsqueeze(-1) * step_margins, trial_w)
+            # Below a Newton decrement of 1e-8 the predicted decrease is under round-off of the
+            # objective: take the full step (the quadratic-convergence region).
+            accept = (trial <= objective - 1e-4 * size * decrement) | (decrement <= 1e-8)
+            new_objective = torch.where(pending & accept, trial, new_objective)
+            pending = pending & ~accept
+            if not bool(pending.any()):
+                break
+            size = torch.where(pending, size / 2, size)
+        size = torch.where(pending, 0.0, size)
+        w = w - size.unsqueeze(-1) * step
+        margins = margins - size.unsqueeze(-1) * step_margins
+        objective = torch.where(pending, objective, new_objective)
+    if not bool((grad_norm <= tol).all()):
+        raise RuntimeError(f"DPO training did not converge in {max_iter} Newton steps: largest "
+                           f"gradient norm {grad_norm.max().item():.3g} > tol = {tol:.3g}")
+    w = w.reshape(*leading, dim)
+    return DPOFit(w=w, theta=eta * w, grad_norm=grad_norm.reshape(leading), iterations=iteration)
+
+
+def one_hot_features(num_contexts: int, num_actions: int) -> torch.Tensor:
+    """Tabular features ``phi(x, a) = e_{(x, a)}``: shape ``[X, K, X*K]``. With them
+    ``pi_w ∝ pi_ref exp(<w, phi>)`` is the tabular softmax with logits ``log pi_ref + w[x, a]``."""
+    check_positive_int(num_contexts, "num_contexts")
+    check_positive_int(num_actions, "num_actions")
+    return torch.eye(num_contexts * num_actions, dtype=torch.float64).reshape(
+        num_contexts, num_actions, num_contexts * num_actions)
+
+
+def pair_feature_diffs(features, contexts, first, second) -> torch.Tensor:
+    """``phi(x_i, first_i) - phi(x_i, second_i)``: ``features [X, K, d]``, indices ``[..., n]``."""
+    features = torch.as_tensor(features, dtype=torch.float64)
+    return features[contexts, first] - features[contexts, second]
+
+
+def chosen_rejected(first, second, labels):
+    """Chosen and rejected actions of labelled pairs (``labels = 1``: ``first`` preferred)."""
+    labels = torch.as_tensor(labels)
+    if not ((labels == 0) | (labels == 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    prefer_first = labels == 1
+    return torch.where(prefer_first, first, second), torch.where(prefer_first, second, first)
+
+
+def linear_policy(ref_probs, features, w) -> torch.Tensor:
+    """``pi_w(a|x) ∝ pi_ref(a|x) exp(<w, phi(x,a)>)``: ``ref_probs [..., X, K]``,
+    ``features [X, K, d]``, ``w [..., d]`` -> ``[..., X, K]`` (log space)."""
+    ref_probs = check_probs(ref_probs, "ref_probs")
+    logits = torch.log(ref_probs) + torch.einsum("xkd,...d->...xk", features, w)
+    return torch.softmax(logits, dim=-1)
+
+
+def train_dpo_tabular(ref_probs, contexts, chosen, rejected, eta, reg: float,
+                      loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+                      tol: float = DPO_TOLERANCE, max_iter: int = 100):
+    """DPO over the tabular softmax class: one free logit per (context, action) (batched).
+
+    The policy is ``softmax(log pi_ref + w)`` with ``w [..., X, K]``; this is the linear class with
+    one-hot features, and the ridge ``reg/2 ||eta w||^2`` makes the minimiser unique. Returns
+    ``(policy [..., X, K], fit)`` with ``fit.w`` reshaped to ``[..., X, K]``. ``ref_probs`` is
+    ``[X, K]`` (shared) and the pair indices ``[..., n]``.
+    """
+    ref_probs = check_probs(ref_probs, "ref_probs")
+    num_contexts, num_actions = ref_probs.shape[-2:]
+    features = one_hot_features(num_contexts, num_actions)
+    z = pair_feature_diffs(features, contexts, chosen, rejected)
+    fit = train_dpo_linear(z, eta, reg, loss_type, label_smoothing, tol=tol, max_iter=max_iter)
+    w = fit.w.reshape(*fit.w.shape[:-1], num_contexts, num_actions)
+    policy = torch.softmax(torch.log(ref_probs) + w, dim=-1)
+    return policy, DPOFit(w=w, theta=eta * w, grad_norm=fit.grad_norm, iterations=fit.iterations)
+
+
+# --------------------------------------------------------------------------------------------
+# Iterative DPO.
+# --------------------------------------------------------------------------------------------
+
+
+def _features(bandit, features) -> torch.Tensor:
+    """The bandit's features ``[X, K, d]`` unless others (e.g. ``one_hot_features``) are given."""
+    if features is None:
+        return bandit.features
+    features = torch.as_tensor(features, dtype=torch.float64)
+    if features.shape[:2] != (bandit.num_contexts, bandit.num_actions) or features.ndim != 3:
+        raise ValueError(f"features must have shape [{bandit.num_contexts}, "
+                         f"{bandit.num_actions}, d], got {tuple(features.shape)}")
+    return features
+
+
+def select_pairs(scores, selector: str, generator: torch.Generator):
+    """Pick two of ``n`` responses per prompt by their ``scores [..., n]`` (a reward model).
+
+    ``"random"``: two distinct responses at random; ``"max_random"``: the best against a random
+    other one; ``"max_min"``: the best against the worst (best-of-n vs worst-of-n). Returns the
+    positions ``(first, second)`` of shape ``[...]``; ties are broken by the lowest position.
+    """
+    if selector not in SELECTORS:
+        raise ValueError(f"selector must be one of {SELECTORS}, got {selector!r}")
+    if not isinstance(generator, torch.Generator):
+        raise ValueError("generator must be a torch.Generator")
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    num = scores.shape[-1]
+    if num < 2:
+        raise ValueError(f"scores must hold at least 2 responses per prompt, got {num}")
+    leading = scores.shape[:-1]
+    best = scores.argmax(-1)
+    if selector == "max_min":
+        return best, scores.argmin(-1)
+    # A uniformly random other position: offset in 1..n-1 from the anchor, modulo n.
+    offset = torch.randint(1, num, leading, generator=generator)
+    if selector == "max_random":
+        return best, (best + offset) % num
+    first = torch.randint(0, num, leading, generator=generator)
+    return first, (first + offset) % num
+
+
+@dataclass(frozen=True)
+class IterativeDPOResult:
+    """Per-iteration record of ``iterative_dpo``.
+
+    ``policies [T+1, ..., X, K]``: the policy after DPO on the data of iterations ``< t``
+    (``t = 0``: the offline data only); ``data``: all comparisons collected (offline first);
+    ``num_pairs [T+1]``: comparisons used for each policy.
+    """
+
+    policies: torch.Tensor
+    data: object
+    num_pairs: list
+
+
+def iterative_dpo(bandit, offline, num_iterations: int, pairs_per_iteration: int,
+                  responses_per_prompt: int, selector: str, generator: torch.Generator,
+                  reg: float, reference: str = "fixed", features=None,
+                  tol: float = DPO_TOLERANCE) -> IterativeDPOResult:
+    """Iterative (online) DPO, the practical form of online GSHF (PAPER.md section 5).
+
+    ``bandit``: a ``LinearBTBandit`` (its ``eta`` is DPO's coefficient, its ``theta*`` labels the
+    pairs); ``offline``: ``Preferences`` with batch shape ``[S]`` (seeds) to start from. For
+    ``t = 1..num_iterations``:
+
+    1. DPO (sigmoid loss, ridge ``reg`` on ``theta = eta w``) on all comparisons so far, over the
+       class ``pi_w ∝ pi_ref exp(<w, phi>)``; ``pi_ref = pi0`` (``reference="fixed"``) or the
+       previous iterate (``"previous"``; the first fit is on ``pi0``).
+    2. For ``pairs_per_iteration`` prompts ``x ~ d0``, sample ``responses_per_prompt`` responses
+       from the current policy, score them with the policy's implicit reward
+       ``eta log(pi_t/pi_ref)`` (with a fixed reference this is the MLE reward on all data so
+       far; it is the only reward model the loop has), and pick a pair by ``selector``.
+    3. Label the pairs by the Bradley-Terry oracle ``sigmoid(r*(a1) - r*(a2))`` and append.
+
+    ``features`` defaults to the bandit's (``[X, K, d]``); pass ``one_hot_features`` for the
+    tabular class. Everything is batched over the seeds.
+    """
+    from .instance import Preferences
+
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+    if selector not in SELECTORS:
+        raise ValueError(f"selector must be one of {SELECTORS}, got {selector!r}")
+    check_positive_int(num_iterations, "num_iterations")
+    check_positive_int(pairs_per_iteration, "pairs_per_iteration")
+    check_positive_int(responses_per_prompt, "responses_per_prompt")
+    if responses_per_prompt < 2:
+        raise ValueError("responses_per_prompt must be at least 2 to form a pair")
+    features = _features(bandit, features)
+    batch_shape = tuple(offline.labels.shape[:-1])
+    eta = bandit.eta
+    true_rewards = bandit.rewards()
+    ref = bandit.ref_probs.expand(*batch_shape, *bandit.ref_probs.shape)
+    data = offline
+    policies, num_pairs = [], []
+    for iteration in range(num_iterations + 1):
+        chosen, rejected = chosen_rejected(data.first_actions, data.second_actions, data.labels)
+        z = pair_feature_diffs(features, data.contexts, chosen, rejected)
+        fit = train_dpo_linear(z, eta, reg, tol=tol)
+        policy = linear_policy(ref, features, fit.w)
+        policies.append(policy)
+        num_pairs.append(len(data))
+        if iteration == num_iterations:
+            break
+        implicit = eta * torch.einsum("xkd,...d->...xk", features, fit.w)  # eta log(pi/pi_ref)+c
+        contexts = bandit.sample_contexts(pairs_per_iteration, generator, batch_shape)
+        rows = torch.gather(policy, -2, contexts.unsqueeze(-1).expand(
+            *contexts.shape, bandit.num_actions))
+        responses = torch.multinomial(rows.reshape(-1, bandit.num_actions),
+                                      responses_per_prompt, replacement=True,
+                                      generator=generator).reshape(*contexts.shape, -1)
+        score_rows = torch.gather(implicit, -2, contexts.unsqueeze(-1).expand(
+            *contexts.shape, bandit.num_actions))
+        scores = torch.gather(score_rows, -1, responses)
+        first_pos, second_pos = select_pairs(scores, selector, generator)
+        first = torch.gather(responses, -1, first_pos.unsqueeze(-1)).squeeze(-1)
+        second = torch.gather(responses, -1, second_pos.unsqueeze(-1)).squeeze(-1)
+        margin = true_rewards[contexts, first] - true_rewards[contexts, second]
+        uniforms = torch.rand(margin.shape, dtype=torch.float64, generator=generator)
+        labels = (uniforms < torch.sigmoid(margin)).to(torch.float64)
+        new = Preferences(contexts, first, second, labels,
+                          bandit.features[contexts, first] - bandit.features[contexts, second])
+        data = data.concat(new)
+        if reference == "previous":
+            ref = policy
+    return IterativeDPOResult(policies=torch.stack(policies), data=data, num_pairs=num_pairs)
+
+
+def mle_gibbs_policy(bandit, data, reg: float, features=None) -> torch.Tensor:
+    """The Gibbs policy of the ridge BT MLE reward (``fit_bt_mle``) on ``data``: what DPO over a
+    class containing every Gibbs policy returns (PAPER.md section 5). Shape ``[..., X, K]``."""
+    from .gibbs import gibbs_policy
+
+    features = _features(bandit, features)
+    z = pair_feature_diffs(features, data.contexts, data.first_actions, data.second_actions)
+    theta = fit_bt_mle(z, data.labels, reg)
+    rewards = torch.einsum("xkd,...d->...xk", features, theta)
+    return gibbs_policy(bandit.ref_probs, rewards, bandit.eta)
+
+
+def offline_dpo(bandit, data, reg: float, features=None, tol: float = DPO_TOLERANCE):
+    """Offline DPO: the sigmoid DPO objective on ``data`` (``Preferences``, batch ``[...]``) over
+    ``pi_w ∝ pi0 exp(<w, phi>)``; returns the policy ``[..., X, K]``."""
+    features = _features(bandit, features)
+    chosen, rejected = chosen_rejected(data.first_actions, data.second_actions, data.labels)
+    fit = train_dpo_linear(pair_feature_diffs(features, data.contexts, chosen, rejected),
+                           bandit.eta, reg, tol=tol)
+    return linear_policy(bandit.ref_probs, features, fit.w)
+
+
+def rso_dpo(bandit, data, reg: float, num_pairs: int, pool_size: int,
+            generator: torch.Generator, features=None, tol: float = DPO_TOLERANCE):
+    """RSO (Liu et al. 2023) in miniature, batched over the seeds of ``data``.
+
+    1. Reward model: the ridge BT MLE ``theta_rm`` on the human comparisons ``data``.
+    2. For ``num_pairs`` prompts ``x ~ d0``: draw a pool of ``pool_size`` responses from pi0 and
+       keep two by RSO's finite-pool sampler (``samplers.rso_select``) targeting the Gibbs policy
+       of the reward model at the bandit's ``eta``.
+    3. Label each pair by the reward model's Bradley-Terry probability (RSO labels with its
+       reward-ranking model; no new human comparison).
+    4. DPO (sigmoid) on the synthetic pairs with reference pi0.
+
+    Returns the policy ``[..., X, K]``.
+    """
+    from .samplers import rso_select
+
+    features = _features(bandit, features)
+    batch_shape = tuple(data.labels.shape[:-1])
+    z = pair_feature_diffs(features, data.contexts, data.first_actions, data.second_actions)
+    theta_rm = fit_bt_mle(z, data.labels, reg)
+    model_rewards = torch.einsum("xkd,...d->...xk", features, theta_rm)  # [..., X, K]
+    contexts = bandit.sample_contexts(num_pairs, generator, batch_shape)
+    rows = torch.gather(bandit.ref_probs.expand(*batch_shape, *bandit.ref_probs.shape), -2,
+                        contexts.unsqueeze(-1).expand(*contexts.shape, bandit.num_actions))
+    pool = torch.multinomial(rows.reshape(-1, bandit.num_actions), pool_size, replacement=True,
+                             generator=generator).reshape(*contexts.shape, pool_size)
+    reward_rows = torch.gather(model_rewards, -2, contexts.unsqueeze(-1).expand(
+        *contexts.shape, bandit.num_actions))
+    picked = rso_select(torch.gather(reward_rows, -1, pool), 2, bandit.eta, generator)
+    pair = torch.gather(pool, -1, picked)
+    first, second = pair[..., 0], pair[..., 1]
+    margin = (torch.gather(reward_rows, -1, first.unsqueeze(-1))
+              - torch.gather(reward_rows, -1, second.unsqueeze(-1))).squeeze(-1)
+    uniforms = torch.rand(margin.shape, dtype=torch.float64, generator=generator)
+    labels = (uniforms < torch.sigmoid(margin)).to(torch.float64)
+    chosen, rejected = chosen_rejected(first, second, labels)
+    fit = train_dpo_linear(pair_feature_diffs(features, contexts, chosen, rejected), bandit.eta,
+                           reg, tol=tol)
+    return linear_policy(bandit.ref_probs, features, fit.w)
+
+
+def gibbs_frontier_reward(bandit, kl_target, num_bisections: int = 100) -> torch.Tensor:
+    """``F(k)``: the true expected reward ``E_{x, pi_s} r*`` of the Gibbs policy
+    ``pi_s ∝ pi0 exp(r*/s)`` whose mean KL ``E_x KL(pi_s || pi0)`` equals ``k`` (batched over
+    ``kl_target``). By the Gibbs optimality of ``pi_s`` for ``J`` at coefficient ``s``, no policy
+    with mean KL ``k`` has a larger expected reward: ``F(KL(pi)) - E_pi r*`` is a policy's reward
+    deficit *at its own KL*. Bisection on ``log s`` over [1e-8, 1e8]; targets beyond the largest
+    reachable KL give ``max`` reward (the flat part of the frontier).
+    """
+    from .gibbs import gibbs_policy, kl_divergence
+
+    kl_target = torch.as_tensor(kl_target, dtype=torch.float64)
+    rewards = bandit.rewards()
+    weights = bandit.context_probs
+    low = torch.full(kl_target.shape, -8 * math.log(10), dtype=torch.float64)
+    high = -low
+    for _ in range(num_bisections):
+        middle = (low + high) / 2
+        policy = gibbs_policy(bandit.ref_probs, rewards, middle.exp()[..., None])
+        kl = (kl_divergence(policy, bandit.ref_probs) * weights).sum(-1)
+        too_close = kl < kl_target  # coefficient too large: move it down
+        high = torch.where(too_close, middle, high)
+        low = torch.where(too_close, low, middle)
+    policy = gibbs_policy(bandit.ref_probs, rewards, ((low + high) / 2).exp()[..., None])
+    return ((policy * rewards).sum(-1) * weights).sum(-1)

@@ -1,0 +1,76 @@
+"""Monte-Carlo estimators of KL(p || q) from samples of p, next to the exact KL (J. Schulman,
+"Approximating KL divergence", 2020; PAPER.md section 5 uses KL to measure drift).
+
+With ``a ~ p`` and ``log_ratio = log p(a)/q(a)``:
+
+- ``k1 = log p/q``: unbiased, high variance, can be negative;
+- ``k2 = (log p/q)^2 / 2``: biased (it is the f-divergence with ``f(u) = (log u)^2/2``, which agrees
+  with KL to second order as ``q -> p``), lower variance;
+- ``k3 = q/p - 1 - log q/p``: always ``>= 0``, low variance when ``p`` and ``q`` are close; unbiased
+  when ``p`` and ``q`` have the same support (then ``E_p[q/p] = 1``). In general
+  ``E_p[q/p] = q(supp p)``, so ``E_p k3 = KL - q(outside supp p)``: biased *down* when ``q`` puts
+  mass where ``p`` puts none.
+
+``kl_estimator_moments`` gives the exact mean and variance of each estimator (finite action
+sets), so their bias and variance are known without sampling.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._validation import broadcast_pair, check_probs
+
+ESTIMATORS = ("k1", "k2", "k3")
+
+
+def kl_estimates(log_p, log_q) -> dict[str, torch.Tensor]:
+    """Per-sample ``k1, k2, k3`` from ``log p(a)`` and ``log q(a)`` at samples ``a ~ p`` (any
+    shape, broadcast together)."""
+    log_p = torch.as_tensor(log_p, dtype=torch.float64)
+    log_q = torch.as_tensor(log_q, dtype=torch.float64)
+    if torch.isnan(log_p).any() or torch.isnan(log_q).any():
+        raise ValueError("log_p and log_q must not contain NaN")
+    if torch.isinf(log_p).any():
+        raise ValueError("log_p must be finite at samples of p (a sample has p(a) > 0)")
+    log_ratio = log_p - log_q  # log p/q
+    return {
+        "k1": log_ratio,
+        "k2": 0.5 * log_ratio**2,
+        "k3": torch.expm1(-log_ratio) + log_ratio,  # q/p - 1 - log q/p
+    }
+
+
+def kl_estimates_from_samples(samples, p, q) -> dict[str, torch.Tensor]:
+    """``k1, k2, k3`` at the action indices ``samples [..., n]`` drawn from ``p [..., K]``."""
+    p = check_probs(p, "p")
+    q = check_probs(q, "q")
+    p, q = broadcast_pair(p, q, ("p", "q"))
+    samples = torch.as_tensor(samples)
+    if samples.dtype not in (torch.int64, torch.int32) or samples.shape[:-1] != p.shape[:-1]:
+        raise ValueError(f"samples must be integer indices of shape [{tuple(p.shape[:-1])}, n], "
+                         f"got {samples.dtype} {tuple(samples.shape)}")
+    log_p = torch.log(p).gather(-1, samples.long())
+    log_q = torch.log(q).gather(-1, samples.long())
+    return kl_estimates(log_p, log_q)
+
+
+def kl_estimator_moments(p, q) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Exact ``(mean, variance)`` under ``a ~ p`` of each per-sample estimator (batched).
+
+    Sums over the support of ``p``; ``q`` must cover it (otherwise KL is infinite).
+    """
+    p = check_probs(p, "p")
+    q = check_probs(q, "q")
+    p, q = broadcast_pair(p, q, ("p", "q"))
+    support = p > 0
+    if (support & (q == 0)).any():
+        raise ValueError("q must be positive wherever p is (otherwise KL(p || q) is infinite)")
+    log_ratio = torch.where(support, torch.log(p) - torch.log(torch.where(support, q, 1.0)), 0.0)
+    values = kl_estimates(log_ratio, torch.zeros_like(log_ratio))
+    moments = {}
+    for name, value in values.items():
+        value = torch.where(support, value, 0.0)
+        mean = (p * value).sum(-1)
+        moments[name] = (mean, (p * (value - mean.unsqueeze(-1)) ** 2).sum(-1))
+    return moments

@@ -1,0 +1,295 @@
+"""Tests of gsfh_utils.dpo: the DPO loss and its variants, the Newton trainers against
+independent solvers, the pair selectors and the iterative loop."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.optimize import minimize
+
+import gsfh_utils as gu
+from gsfh_utils import dpo
+from gsfh_utils.estimation import fit_bt_mle
+
+finite = st.floats(-30, 30, allow_nan=False, allow_infinity=False)
+positive_eta = st.floats(1e-3, 1e3)
+
+
+def _h(pc, pr, rc, rr):
+    return (pc - rc) - (pr - rr)
+
+
+@given(finite, finite, finite, finite, positive_eta, st.floats(0.0, 0.49))
+def test_sigmoid_loss_matches_formula(pc, pr, rc, rr, eta, ls):
+    h = _h(pc, pr, rc, rr)
+
+    def nll(u):  # -log sigmoid(u) = log(1 + exp(-u)), computed stably in plain Python
+        return max(-u, 0.0) + math.log1p(math.exp(-abs(u)))
+
+    expected = (1 - ls) * nll(eta * h) + ls * nll(-eta * h)
+    got = dpo.dpo_loss(*(torch.tensor(v, dtype=torch.float64) for v in (pc, pr, rc, rr)),
+                       eta, "sigmoid", ls).item()
+    assert got == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+@given(finite, finite, finite, finite, positive_eta)
+def test_ipo_and_hinge_match_formulas(pc, pr, rc, rr, eta):
+    h = _h(pc, pr, rc, rr)
+    args = [torch.tensor(v, dtype=torch.float64) for v in (pc, pr, rc, rr)]
+    assert dpo.dpo_loss(*args, eta, "ipo").item() == pytest.approx((h - 1 / (2 * eta)) ** 2,
+                                                                    rel=1e-9, abs=1e-9)
+    assert dpo.dpo_loss(*args, eta, "hinge").item() == pytest.approx(max(0.0, 1 - eta * h),
+                                                                      rel=1e-9, abs=1e-9)
+
+
+@given(finite, positive_eta)
+def test_sigmoid_loss_antisymmetry(h, eta):
+    # softplus(-x) - softplus(x) = -x: swapping winner and loser changes the loss by eta h
+    zero = torch.tensor(0.0, dtype=torch.float64)
+    forward = dpo.dpo_loss(torch.tensor(h, dtype=torch.float64), zero, zero, zero, eta)
+    backward = dpo.dpo_loss(zero, torch.tensor(h, dtype=torch.float64), zero, zero, eta)
+    assert (forward - backward).item() == pytest.approx(-eta * h, abs=1e-9 * (1 + abs(eta * h)))
+
+
+def test_loss_is_exported_and_broadcasts():
+    assert gu.dpo_loss is dpo.dpo_loss
+    out = gu.dpo_loss(torch.zeros(3, 1), torch.zeros(1, 4), 0.0, torch.zeros(4), 0.5)
+    assert out.shape == (3, 4)
+    assert torch.allclose(out, torch.full((3, 4), math.log(2), dtype=out.dtype))
+
+
+def test_loss_gradient_matches_finite_differences():
+    generator = torch.Generator().manual_seed(0)
+    logps = torch.randn(4, 5, dtype=torch.float64, generator=generator)
+    for loss_type, ls in [("sigmoid", 0.0), ("sigmoid", 0.2), ("ipo", 0.0)]:
+        chosen = logps[0].clone().requires_grad_(True)
+        loss = dpo.dpo_loss(chosen, logps[1], logps[2], logps[3], 0.7, loss_type, ls).sum()
+        (grad,) = torch.autograd.grad(loss, chosen)
+        step = 1e-6
+        for i in range(5):
+            bump = torch.zeros(5, dtype=torch.float64)
+            bump[i] = step
+            up = dpo.dpo_loss(logps[0] + bump, logps[1], logps[2], logps[3], 0.7, loss_type, ls)
+            down = dpo.dpo_loss(logps[0] - bump, logps[1], logps[2], logps[3], 0.7, loss_type, ls)
+            assert grad[i].item() == pytest.approx(((up - down).sum() / (2 * step)).item(),
+                                                   rel=1e-6, abs=1e-8)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(loss_type="kto"), "loss_type"),
+    (dict(label_smoothing=-0.1), "label_smoothing"),
+    (dict(label_smoothing=0.5), "label_smoothing"),
+    (dict(label_smoothing=0.9), "label_smoothing"),
+    (dict(loss_type="ipo", label_smoothing=0.1), "label_smoothing"),
+    (dict(eta=0.0), "eta"),
+    (dict(eta=float("nan")), "eta"),
+])
+def test_loss_bad_inputs(kwargs, word):
+    params = dict(eta=1.0, loss_type="sigmoid", label_smoothing=0.0) | kwargs
+    with pytest.raises(ValueError, match=word):
+        dpo.dpo_loss(torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.zeros(2), **params)
+
+
+def test_loss_rejects_shapes_and_nan():
+    with pytest.raises(ValueError, match="broadcast"):
+        dpo.dpo_loss(torch.zeros(2), torch.zeros(3), 0.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="policy_chosen_logps"):
+        dpo.dpo_loss(torch.tensor([float("nan")]), 0.0, 0.0, 0.0, 1.0)
+
+
+def _problem(seed, batch=(3,), num_pairs=40, dim=4):
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(*batch, num_pairs, dim, dtype=torch.float64, generator=generator)
+    return z, generator
+
+
+def test_sigmoid_dpo_fit_is_the_bt_mle():
+    z, generator = _problem(1)
+    labels = torch.ones(z.shape[:-1], dtype=torch.float64)  # z = chosen - rejected
+    labels[..., ::3] = 0.0
+    signs = (2 * labels - 1).unsqueeze(-1)
+    eta, reg = 0.3, 0.5
+    fit = dpo.train_dpo_linear(signs * z, eta, reg)
+    theta = fit_bt_mle(z, labels, reg)
+    assert (fit.grad_norm <= dpo.DPO_TOLERANCE).all()
+    assert torch.allclose(fit.theta, theta, atol=4 * dpo.DPO_TOLERANCE / reg)
+    assert torch.allclose(fit.w * eta, fit.theta)
+
+
+def test_ipo_fit_matches_normal_equations():
+    z, _ = _problem(2, batch=(2,))
+    eta, reg = 0.5, 0.3
+    fit = dpo.train_dpo_linear(z, eta, reg, loss_type="ipo")
+    # minimise sum (<w, z_i> - c)^2 + reg/2 eta^2 ||w||^2, c = 1/(2 eta)
+    dim = z.shape[-1]
+    lhs = 2 * z.transpose(-1, -2) @ z + reg * eta**2 * torch.eye(dim, dtype=torch.float64)
+    rhs = 2 / (2 * eta) * z.sum(-2)
+    expected = torch.linalg.solve(lhs, rhs.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(fit.w, expected, atol=1e-9)
+
+
+def test_label_smoothed_fit_matches_scipy():
+    z, _ = _problem(3, batch=(), num_pairs=30, dim=3)
+    eta, reg, ls = 0.8, 0.2, 0.15
+    fit = dpo.train_dpo_linear(z, eta, reg, label_smoothing=ls, tol=1e-10)
+    zn = z.numpy()
+
+    def objective(w):
+        h = eta * zn @ w
+        return float(((1 - ls) * np.logaddexp(0, -h) + ls * np.logaddexp(0, h)).sum()
+                     + 0.5 * reg * eta**2 * w @ w)
+
+    result = minimize(objective, np.zeros(3), method="BFGS", options=dict(gtol=1e-10))
+    assert np.allclose(fit.w.numpy(), result.x, atol=1e-6)
+    assert dpo.dpo_objective_linear(fit.w, z, eta, reg, label_smoothing=ls).item() <= \
+        result.fun + 1e-9
+
+
+def test_batched_fit_equals_separate_fits():
+    z, _ = _problem(4, batch=(2, 3))
+    batched = dpo.train_dpo_linear(z, 0.4, 1.0)
+    for i in range(2):
+        for j in range(3):
+            single = dpo.train_dpo_linear(z[i, j], 0.4, 1.0)
+            assert torch.allclose(batched.w[i, j], single.w, atol=1e-8)
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(loss_type="hinge"), "hinge"),
+    (dict(loss_type="nope"), "loss_type"),
+    (dict(reg=0.0), "reg"),
+    (dict(eta=-1.0), "eta"),
+])
+def test_trainer_bad_inputs(kwargs, word):
+    z, _ = _problem(5)
+    params = dict(eta=1.0, reg=1.0) | kwargs
+    with pytest.raises(ValueError, match=word):
+        dpo.train_dpo_linear(z, **params)
+
+
+def test_tabular_fit_matches_scipy_and_gibbs_of_mle():
+    generator = torch.Generator().manual_seed(6)
+    num_contexts, num_actions, num_pairs, eta, reg = 2, 3, 25, 0.5, 0.7
+    ref = torch.softmax(torch.randn(num_contexts, num_actions, dtype=torch.float64,
+                                    generator=generator), -1)
+    contexts = torch.randint(0, num_contexts, (num_pairs,), generator=generator)
+    chosen = torch.randint(0, num_actions, (num_pairs,), generator=generator)
+    rejected = (chosen + torch.randint(1, num_actions, (num_pairs,), generator=generator)) \
+        % num_actions
+    policy, fit = dpo.train_dpo_tabular(ref, contexts, chosen, rejected, eta, reg)
+    assert policy.shape == (num_contexts, num_actions)
+    c, a, b = contexts.numpy(), chosen.numpy(), rejected.numpy()
+
+    def objective(flat):
+        w = flat.reshape(num_contexts, num_actions)
+        h = eta * (w[c, a] - w[c, b])
+        return float(np.logaddexp(0, -h).sum() + 0.5 * reg * eta**2 * (flat**2).sum())
+
+    result = minimize(objective, np.zeros(num_contexts * num_actions), method="BFGS",
+                      options=dict(gtol=1e-10))
+    expected = torch.softmax(torch.log(ref) + torch.tensor(result.x).reshape(num_contexts,
+                                                                              num_actions), -1)
+    assert torch.allclose(policy, expected, atol=1e-6)
+    # and the same policy is the Gibbs policy of the tabular BT MLE
+    features = dpo.one_hot_features(num_contexts, num_actions)
+    theta = fit_bt_mle(dpo.pair_feature_diffs(features, contexts, chosen, rejected),
+                       torch.ones(num_pairs, dtype=torch.float64), reg)
+    gibbs = gu.gibbs_policy(ref, theta.reshape(num_contexts, num_actions), eta)
+    assert torch.allclose(policy, gibbs, atol=1e-10)
+
+
+def test_chosen_rejected_and_linear_policy():
+    first, second = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
+    chosen, rejected = dpo.chosen_rejected(first, second, torch.tensor([1.0, 0.0, 1.0]))
+    assert chosen.tolist() == [0, 4, 2] and rejected.tolist() == [3, 1, 5]
+    with pytest.raises(ValueError, match="labels"):
+        dpo.chosen_rejected(first, second, torch.tensor([0.5, 0.0, 1.0]))
+    ref = torch.full((1, 3), 1 / 3, dtype=torch.float64)
+    features = torch.eye(3, dtype=torch.float64).unsqueeze(0)
+    policy = dpo.linear_policy(ref, features, torch.tensor([0.0, math.log(2), 0.0],
+                                                           dtype=torch.float64))
+    assert torch.allclose(policy, torch.tensor([[0.25, 0.5, 0.25]], dtype=torch.float64))
+
+
+def test_selectors():
+    generator = torch.Generator().manual_seed(7)
+    scores = torch.randn(4000, 5, dtype=torch.float64, generator=generator)
+    first, second = dpo.select_pairs(scores, "max_min", generator)
+    assert torch.equal(first, scores.argmax(-1)) and torch.equal(second, scores.argmin(-1))
+    first, second = dpo.select_pairs(scores, "max_random", generator)
+    assert torch.equal(first, scores.argmax(-1)) and (second != first).all()
+    # the other response is uniform over the 4 remaining positions
+    offsets = ((second - first) % 5).bincount(minlength=5)[1:].to(torch.float64)
+    assert (offsets / 4000 - 0.25).abs().max() < 5 * math.sqrt(0.25 * 0.75 / 4000)
+    first, second = dpo.select_pairs(scores, "random", generator)
+    assert (first != second).all()
+    counts = first.bincount(minlength=5).to(torch.float64)
+    assert (counts / 4000 - 0.2).abs().max() < 5 * math.sqrt(0.2 * 0.8 / 4000)
+    with pytest.raises(ValueError, match="selector"):
+        dpo.select_pairs(scores, "best_of_n", generator)
+    with pytest.raises(ValueError, match="at least 2"):
+        dpo.select_pairs(scores[:, :1], "random", generator)
+
+
+def _bandit(seed=8, eta=0.3):
+    generator = torch.Generator().manual_seed(seed)
+    bandit = gu.LinearBTBandit.random(num_contexts=3, num_actions=5, dim=3, norm_bound=2.0,
+                                      eta=eta, generator=generator)
+    return bandit, generator
+
+
+def test_iterative_dpo_runs_and_is_reproducible():
+    bandit, generator = _bandit()
+    start = bandit.sample_preferences(20, bandit.ref_probs, bandit.ref_probs, generator, (4,))
+    results = [dpo.iterative_dpo(bandit, start, 2, 10, 4, "max_min",
+                                 torch.Generator().manual_seed(1), 1.0) for _ in range(2)]
+    assert results[0].policies.shape == (3, 4, 3, 5)
+    assert results[0].num_pairs == [20, 30, 40]
+    assert torch.equal(results[0].policies, results[1].policies)
+    # the first policy is offline DPO on the start data, i.e. the Gibbs policy of its MLE
+    assert torch.allclose(results[0].policies[0], dpo.mle_gibbs_policy(bandit, start, 1.0),
+                          atol=1e-9)
+    assert torch.allclose(results[0].policies[0], dpo.offline_dpo(bandit, start, 1.0), atol=1e-12)
+    moving = dpo.iterative_dpo(bandit, start, 2, 10, 4, "random", generator, 1.0,
+                               reference="previous")
+    assert torch.isfinite(moving.policies).all()
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(reference="ema"), "reference"),
+    (dict(selector="top2"), "selector"),
+    (dict(responses_per_prompt=1), "responses_per_prompt"),
+    (dict(num_iterations=0), "num_iterations"),
+])
+def test_iterative_dpo_bad_inputs(kwargs, word):
+    bandit, generator = _bandit()
+    start = bandit.sample_preferences(10, bandit.ref_probs, bandit.ref_probs, generator, (2,))
+    params = dict(num_iterations=1, pairs_per_iteration=5, responses_per_prompt=3,
+                  selector="max_min", reg=1.0) | kwargs
+    with pytest.raises(ValueError, match=word):
+        dpo.iterative_dpo(bandit, start, generator=generator, **params)
+
+
+def test_rso_dpo_and_frontier():
+    bandit, generator = _bandit()
+    data = bandit.sample_preferences(30, bandit.ref_probs, bandit.ref_probs, generator, (2,))
+    policy = dpo.rso_dpo(bandit, data, 1.0, 20, 8, generator)
+    assert policy.shape == (2, 3, 5)
+    assert torch.allclose(policy.sum(-1), torch.ones(2, 3, dtype=torch.float64))
+    optimal = bandit.optimal_policy()
+    kl_star = (gu.kl_divergence(optimal, bandit.ref_probs) * bandit.context_probs).sum()
+    reward_star = ((optimal * bandit.rewards()).sum(-1) * bandit.context_probs).sum()
+    assert dpo.gibbs_frontier_reward(bandit, kl_star).item() == pytest.approx(
+        reward_star.item(), abs=1e-9)
+    frontier = dpo.gibbs_frontier_reward(bandit, torch.tensor([0.0, 0.1, 0.3, 0.6]))
+    assert (frontier.diff() > 0).all()
+    # no policy lies above the frontier at its own KL
+    policies = gu.random_policies(bandit.ref_probs, 50, generator).transpose(0, 1)
+    kl = (gu.kl_divergence(policies, bandit.ref_probs) * bandit.context_probs).sum(-1)
+    reward = ((policies * bandit.rewards()).sum(-1) * bandit.context_probs).sum(-1)
+    assert (dpo.gibbs_frontier_reward(bandit, kl) - reward >= -1e-9).all()

@@ -1,0 +1,97 @@
+"""Tests of gsfh_utils.kl_estimators against direct formulas and brute-force enumeration."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import distributions
+from hypothesis import given
+from hypothesis import strategies as st
+
+import gsfh_utils as gu
+from gsfh_utils.kl_estimators import (
+    kl_estimates,
+    kl_estimates_from_samples,
+    kl_estimator_moments,
+)
+
+
+@given(st.floats(-20, 20), st.floats(-20, 20))
+def test_estimates_match_formulas(log_p, log_q):
+    values = kl_estimates(torch.tensor(log_p, dtype=torch.float64),
+                          torch.tensor(log_q, dtype=torch.float64))
+    ratio = math.exp(log_q - log_p)  # q/p
+    assert values["k1"].item() == pytest.approx(log_p - log_q, abs=1e-12)
+    assert values["k2"].item() == pytest.approx(0.5 * (log_p - log_q) ** 2, rel=1e-12, abs=1e-12)
+    assert values["k3"].item() == pytest.approx(ratio - 1 - math.log(ratio), rel=1e-9, abs=1e-9)
+    assert values["k3"].item() >= 0
+
+
+@st.composite
+def pairs(draw):
+    num_actions = draw(st.integers(1, 6))
+    p = draw(distributions(num_actions, allow_zeros=True, min_prob=1e-6))
+    q = draw(distributions(num_actions, allow_zeros=False, min_prob=1e-6))
+    return torch.tensor(p, dtype=torch.float64), torch.tensor(q, dtype=torch.float64)
+
+
+@given(pairs())
+def test_moments_by_enumeration(pq):
+    p, q = pq
+    moments = kl_estimator_moments(p, q)
+    kl = gu.kl_divergence(p, q).item()
+    # brute force in plain Python over the actions
+    for name in ("k1", "k2", "k3"):
+        values = []
+        for pa, qa in zip(p.tolist(), q.tolist(), strict=True):
+            if pa == 0:
+                continue
+            delta = math.log(pa / qa)
+            values.append((pa, {"k1": delta, "k2": delta**2 / 2,
+                                "k3": math.exp(-delta) - 1 + delta}[name]))
+        mean = sum(w * v for w, v in values)
+        var = sum(w * (v - mean) ** 2 for w, v in values)
+        scale = 1 + sum(w * abs(v) for w, v in values)
+        assert moments[name][0].item() == pytest.approx(mean, abs=1e-9 * scale)
+        assert moments[name][1].item() == pytest.approx(var, rel=1e-7, abs=1e-9 * scale**2)
+    # k1 is unbiased; k3 is unbiased up to the q-mass outside the support of p
+    assert moments["k1"][0].item() == pytest.approx(kl, abs=1e-9 * (1 + kl))
+    missing = q[p == 0].sum().item()
+    assert moments["k3"][0].item() == pytest.approx(kl - missing, abs=1e-9 * (1 + kl) + 1e-9)
+
+
+def test_k2_is_second_order_accurate():
+    generator = torch.Generator().manual_seed(0)
+    q = torch.softmax(torch.randn(6, dtype=torch.float64, generator=generator), -1)
+    direction = torch.randn(6, dtype=torch.float64, generator=generator)
+    biases = []
+    for scale in (0.1, 0.05):
+        p = torch.softmax(torch.log(q) + scale * direction, -1)
+        biases.append(abs(kl_estimator_moments(p, q)["k2"][0].item()
+                          - gu.kl_divergence(p, q).item()))
+    # |E k2 - KL| = O(scale^3): halving the scale divides it by about 8
+    assert biases[0] / biases[1] == pytest.approx(8, rel=0.2)
+
+
+def test_monte_carlo_means():
+    generator = torch.Generator().manual_seed(1)
+    p = torch.softmax(torch.randn(2, 5, dtype=torch.float64, generator=generator), -1)
+    q = torch.softmax(torch.randn(2, 5, dtype=torch.float64, generator=generator), -1)
+    samples = torch.multinomial(p, 50000, replacement=True, generator=generator)
+    estimates = kl_estimates_from_samples(samples, p, q)
+    moments = kl_estimator_moments(p, q)
+    for name, values in estimates.items():
+        z = (values.mean(-1) - moments[name][0]) / (moments[name][1] / 50000).sqrt()
+        assert z.abs().max() < 5
+
+
+def test_bad_inputs():
+    p = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    with pytest.raises(ValueError, match="q must be positive"):
+        kl_estimator_moments(p, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="samples"):
+        kl_estimates_from_samples(torch.tensor([0.0, 1.0]), p, p)
+    with pytest.raises(ValueError, match="log_p"):
+        kl_estimates(torch.tensor([-math.inf]), torch.tensor([0.0]))
