@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ._validation import check_positive_int, check_probs
-from .estimation import fit_bt_mle
+from .estimation import backtracking_step, fit_bt_mle
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 #: Loss types the Newton trainer accepts (twice differentiable in the margin).
@@ -234,24 +234,8 @@ def train_dpo_linear(chosen_minus_rejected, eta, reg: float, loss_type: str = "s
         step = torch.linalg.solve(hessian, gradient.unsqueeze(-1)).squeeze(-1)
         step_margins = torch.bmm(step.unsqueeze(1), z_t).squeeze(1)
         decrement = (gradient * step).sum(-1)
-        size = torch.ones(batch, dtype=torch.float64)
-        pending = torch.ones(batch, dtype=torch.bool)
-        new_objective = objective
-        for _ in range(60):
-            trial_w = w - size.unsqueeze(-1) * step
-            trial = objective_at(margins - size.unsqueeze(-1) * step_margins, trial_w)
-            # Below a Newton decrement of 1e-8 the predicted decrease is under round-off of the
-            # objective: take the full step (the quadratic-convergence region).
-            accept = (trial <= objective - 1e-4 * size * decrement) | (decrement <= 1e-8)
-            new_objective = torch.where(pending & accept, trial, new_objective)
-            pending = pending & ~accept
-            if not bool(pending.any()):
-                break
-            size = torch.where(pending, size / 2, size)
-        size = torch.where(pending, 0.0, size)
-        w = w - size.unsqueeze(-1) * step
-        margins = margins - size.unsqueeze(-1) * step_margins
-        objective = torch.where(pending, objective, new_objective)
+        w, margins, objective = backtracking_step(
+            objective_at, w, step, margins, step_margins, objective, decrement)
     if not bool((grad_norm <= tol).all()):
         raise RuntimeError(f"DPO training did not converge in {max_iter} Newton steps: largest "
                            f"gradient norm {grad_norm.max().item():.3g} > tol = {tol:.3g}")

@@ -91,6 +91,35 @@ def bt_gradient(theta, feature_diffs, labels, reg) -> torch.Tensor:
     return torch.einsum("...nd,...n->...d", feature_diffs, weights) + reg * theta
 
 
+def backtracking_step(objective_at, point, step, margins, step_margins, objective, decrement,
+                      max_halvings: int = 60):
+    """One damped Newton step with Armijo backtracking (halving, slope ``1e-4``), batched.
+
+    ``objective_at(margins [b, n], point [b, d]) -> [b]`` evaluates the objective from the
+    per-pair margins ``<point, z_i>`` (kept updated, so a trial costs ``O(n)``); the trial points
+    are ``point - size * step`` with margins ``margins - size * step_margins``. ``decrement [b]``
+    is the Newton decrement squared ``<gradient, step>``. Below a decrement of 1e-8 the predicted
+    decrease is under the round-off of the objective, so the full step is taken (the
+    quadratic-convergence region). A problem whose step is never accepted (already at round-off)
+    keeps its point. Returns ``(point, margins, objective)`` after the step.
+    """
+    size = torch.ones_like(objective)
+    pending = torch.ones_like(objective, dtype=torch.bool)
+    new_objective = objective
+    for _ in range(max_halvings):
+        trial = objective_at(margins - size.unsqueeze(-1) * step_margins,
+                             point - size.unsqueeze(-1) * step)
+        accept = (trial <= objective - 1e-4 * size * decrement) | (decrement <= 1e-8)
+        new_objective = torch.where(pending & accept, trial, new_objective)
+        pending = pending & ~accept
+        if not bool(pending.any()):
+            break
+        size = torch.where(pending, size / 2, size)
+    size = torch.where(pending, 0.0, size).unsqueeze(-1)
+    return (point - size * step, margins - size * step_margins,
+            torch.where(pending, objective, new_objective))
+
+
 def _newton_chunk(z: torch.Tensor, signs: torch.Tensor, reg: float, tol: float,
                   max_iter: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Damped Newton on a chunk ``z [b, n, d]``; returns (theta, gradient norms, iterations).
@@ -104,8 +133,12 @@ def _newton_chunk(z: torch.Tensor, signs: torch.Tensor, reg: float, tol: float,
     theta = torch.zeros(batch, dim, dtype=torch.float64)
     margins = torch.zeros(batch, num_pairs, dtype=torch.float64)  # <theta, z_i>, kept updated
     eye = torch.eye(dim, dtype=torch.float64)
-    softplus = torch.nn.functional.softplus
-    objective = softplus(-signs * margins).sum(-1)
+
+    def objective_at(margins, theta):
+        return (torch.nn.functional.softplus(-signs * margins).sum(-1)
+                + 0.5 * reg * (theta * theta).sum(-1))
+
+    objective = objective_at(margins, theta)
     for iteration in range(max_iter + 1):
         probs_wrong = torch.sigmoid(-signs * margins)  # sigmoid(-s m)
         gradient = torch.bmm((-signs * probs_wrong).unsqueeze(1), z).squeeze(1) + reg * theta
@@ -124,27 +157,8 @@ def _newton_chunk(z: torch.Tensor, signs: torch.Tensor, reg: float, tol: float,
         step = torch.cholesky_solve(gradient.unsqueeze(-1), chol).squeeze(-1)
         step_margins = torch.bmm(step.unsqueeze(1), z_t).squeeze(1)
         decrement = (gradient * step).sum(-1)  # Newton decrement squared, >= 0
-        # Backtracking (Armijo, factor 1/2) on the batch: new margins are m - t z.step, O(n) each.
-        size = torch.ones(batch, dtype=torch.float64)
-        pending = torch.ones(batch, dtype=torch.bool)
-        new_objective = objective
-        for _ in range(60):
-            trial_theta = theta - size.unsqueeze(-1) * step
-            trial = (softplus(-signs * (margins - size.unsqueeze(-1) * step_margins)).sum(-1)
-                     + 0.5 * reg * (trial_theta * trial_theta).sum(-1))
-            # Near the optimum (Newton decrement below 1e-8) the predicted decrease is below the
-            # round-off of the objective, so the full step is taken (quadratic convergence region).
-            accept = (trial <= objective - 1e-4 * size * decrement) | (decrement <= 1e-8)
-            new_objective = torch.where(pending & accept, trial, new_objective)
-            pending = pending & ~accept
-            if not bool(pending.any()):
-                break
-            size = torch.where(pending, size / 2, size)
-        # A problem whose step was never accepted (already at round-off) keeps its theta.
-        size = torch.where(pending, 0.0, size)
-        theta = theta - size.unsqueeze(-1) * step
-        margins = margins - size.unsqueeze(-1) * step_margins
-        objective = torch.where(pending, objective, new_objective)
+        theta, margins, objective = backtracking_step(
+            objective_at, theta, step, margins, step_margins, objective, decrement)
     raise AssertionError("unreachable")
 
 
