@@ -13,6 +13,11 @@ from pathlib import Path
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+#: What ``open()`` would give a new file: read-write for all, less the process umask.
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 def output_dir(kind: str) -> Path:
     """The folder for ``kind`` in {"figures", "results"}, created if needed."""
@@ -31,6 +36,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(handle)
     try:
         write(Path(temporary))
+        os.chmod(temporary, _FILE_MODE)  # mkstemp makes 0600; outputs are meant to be shared
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

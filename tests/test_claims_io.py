@@ -299,3 +299,13 @@ def test_non_finite_values_are_written_as_strings_so_the_file_is_strict_json(tmp
     with pytest.raises(ValueError, match="details"):
         registry_inf.check("bad_details", "details must be finite", 1.0, 1.0, "<=",
                            spread=float("nan"))
+
+
+def test_atomic_write_gives_the_usual_file_mode_not_mkstemps_private_one(tmp_path):
+    import os
+    import stat
+
+    path = atomic_write(tmp_path / "shared.txt", lambda temporary: temporary.write_text("x"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
