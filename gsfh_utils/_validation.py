@@ -103,3 +103,21 @@ def check_positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_positive_number(value, name: str) -> float:
+    """A positive finite number (``eta``, ``reg``, a temperature ...) as a float."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from exc
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    return value
+
+
+def check_generator(generator) -> torch.Generator:
+    """Randomness is always explicit: a ``torch.Generator``, never the global RNG."""
+    if not isinstance(generator, torch.Generator):
+        raise ValueError("generator must be a torch.Generator (randomness is always explicit)")
+    return generator

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._validation import check_positive_int, check_probs
+from ._validation import check_generator, check_positive_int, check_positive_number, check_probs
 from .estimation import backtracking_step, fit_bt_mle
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
@@ -38,16 +38,6 @@ REFERENCES = ("fixed", "previous")
 #: objective with respect to ``theta = eta w`` (reward units), as for ``fit_bt_mle``. By strong
 #: convexity (modulus ``reg``) the iterate is within ``tol / reg`` of the exact minimiser.
 DPO_TOLERANCE = 1e-9
-
-
-def _eta_value(eta) -> float:
-    try:
-        eta = float(eta)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"eta must be a positive number, got {eta!r}") from exc
-    if not (eta > 0 and math.isfinite(eta)):
-        raise ValueError(f"eta must be positive and finite, got {eta!r}")
-    return eta
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
@@ -77,7 +67,7 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
         raise ValueError(f"label_smoothing must lie in [0, 0.5), got {label_smoothing!r}")
     if label_smoothing and loss_type != "sigmoid":
         raise ValueError(f"label_smoothing applies only to loss_type='sigmoid', got {loss_type!r}")
-    eta = _eta_value(eta)
+    eta = check_positive_number(eta, "eta")
     tensors = []
     for name, value in [("policy_chosen_logps", policy_chosen_logps),
                         ("policy_rejected_logps", policy_rejected_logps),
@@ -201,7 +191,7 @@ def train_dpo_linear(chosen_minus_rejected, eta, reg: float, loss_type: str = "s
             raise ValueError(f"loss_type={loss_type!r} is not twice differentiable; the Newton "
                              f"trainer accepts {SMOOTH_LOSS_TYPES}")
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    eta = _eta_value(eta)
+    eta = check_positive_number(eta, "eta")
     reg = float(reg)
     if not (reg > 0 and math.isfinite(reg)):
         raise ValueError(f"reg must be positive and finite, got {reg!r}")
@@ -320,8 +310,7 @@ def select_pairs(scores, selector: str, generator: torch.Generator):
     """
     if selector not in SELECTORS:
         raise ValueError(f"selector must be one of {SELECTORS}, got {selector!r}")
-    if not isinstance(generator, torch.Generator):
-        raise ValueError("generator must be a torch.Generator")
+    check_generator(generator)
     scores = torch.as_tensor(scores, dtype=torch.float64)
     num = scores.shape[-1]
     if num < 2:

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from ._validation import check_probs
+from ._validation import check_positive_number, check_probs
 
 #: Default convergence tolerance of ``fit_bt_mle`` on the Euclidean norm of the gradient of the
 #: objective. Float64 round-off in that gradient is about ``n * 1e-16`` (1e-12 at n = 1e4), so
@@ -27,16 +27,6 @@ MLE_TOLERANCE = 1e-9
 #: ``fit_bt_mle`` works through the batch in chunks of about this many bytes of ``feature_diffs``
 #: so that each chunk stays in cache over its Newton iterations (a large batch does not).
 CHUNK_BYTES = 4 * 2**20
-
-
-def _check_reg(reg) -> float:
-    try:
-        reg = float(reg)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"reg must be a positive number, got {reg!r}") from exc
-    if not (reg > 0 and math.isfinite(reg)):
-        raise ValueError(f"reg must be positive and finite, got {reg!r}")
-    return reg
 
 
 def _check_feature_diffs(feature_diffs) -> torch.Tensor:
@@ -182,7 +172,7 @@ def fit_bt_mle(feature_diffs, labels, reg: float, tol: float = MLE_TOLERANCE,
     that do not match, non-finite features or ``reg <= 0``; ``RuntimeError`` if ``max_iter``
     Newton steps do not reach ``tol``.
     """
-    reg = _check_reg(reg)
+    reg = check_positive_number(reg, "reg")
     feature_diffs = _check_feature_diffs(feature_diffs)
     labels = _check_labels(labels, feature_diffs)
     if not tol > 0:
@@ -208,7 +198,7 @@ def fit_bt_mle(feature_diffs, labels, reg: float, tol: float = MLE_TOLERANCE,
 
 def sigma_d(feature_diffs, reg: float) -> torch.Tensor:
     """``Sigma_D = reg I + sum_i z_i z_i^T`` (unnormalised): ``[..., n, d] -> [..., d, d]``."""
-    reg = _check_reg(reg)
+    reg = check_positive_number(reg, "reg")
     feature_diffs = _check_feature_diffs(feature_diffs)
     dim = feature_diffs.shape[-1]
     return (feature_diffs.transpose(-1, -2) @ feature_diffs
@@ -246,7 +236,7 @@ def confidence_radius(dim: int, delta: float, gamma: float, reg: float, norm_bou
         raise ValueError(f"dim must be a positive integer, got {dim!r}")
     if not (gamma > 0 and math.isfinite(gamma)):
         raise ValueError(f"gamma must be positive and finite, got {gamma!r}")
-    reg = _check_reg(reg)
+    reg = check_positive_number(reg, "reg")
     if not (norm_bound >= 0 and math.isfinite(norm_bound)):
         raise ValueError(f"norm_bound must be finite and non-negative, got {norm_bound!r}")
     if not (constant > 0 and math.isfinite(constant)):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validation import check_positive_int
+from ._validation import check_positive_int, check_positive_number
 from .estimation import fit_bt_mle
 from .gibbs import gibbs_policy
 from .instance import LinearBTBandit, Preferences
@@ -59,16 +59,6 @@ SEARCH_MARGIN = 1e-3
 
 def _as64(value) -> torch.Tensor:
     return torch.as_tensor(value, dtype=torch.float64)
-
-
-def _check_positive_number(value, name: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from exc
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be positive and finite, got {value!r}")
-    return value
 
 
 def policy_mean_features(policy, features, context_probs) -> torch.Tensor:
@@ -181,8 +171,8 @@ def enhancer_policy(main, features, context_probs, sigma, beta, eta, generator: 
     features = _as64(features)
     context_probs = _as64(context_probs)
     sigma = _as64(sigma)
-    beta = _check_positive_number(beta, "beta")
-    eta = _check_positive_number(eta, "eta")
+    beta = check_positive_number(beta, "beta")
+    eta = check_positive_number(eta, "eta")
     if num_random_directions < 0 or num_refinements < 0:
         raise ValueError("num_random_directions and num_refinements must be non-negative")
     if main.ndim != 3 or main.shape[1:] != features.shape[:2]:
@@ -404,8 +394,8 @@ def run_online(instance: LinearBTBandit, method: str, num_iterations: int, batch
     check_positive_int(batch_size, "batch_size")
     check_positive_int(num_seeds, "num_seeds")
     check_positive_int(validation_size, "validation_size")
-    beta = _check_positive_number(beta, "beta")
-    reg = _check_positive_number(reg, "reg")
+    beta = check_positive_number(beta, "beta")
+    reg = check_positive_number(reg, "reg")
     dim = instance.dim
     if initial_data is not None:
         if initial_data.labels.shape[:-1] != (num_seeds,):
@@ -489,7 +479,7 @@ def elliptical_potentials(feature_diffs, reg: float, initial_sigma=None) -> torc
     2 log(det Sigma_n / det Sigma_0)`` (since ``min(1, u) <= 2 log(1 + u)`` and
     ``det Sigma_s = det Sigma_{s-1} (1 + ||z_s||^2_{Sigma_{s-1}^{-1}})``).
     """
-    reg = _check_positive_number(reg, "reg")
+    reg = check_positive_number(reg, "reg")
     z = _as64(feature_diffs)
     if z.ndim < 2:
         raise ValueError(f"feature_diffs must have shape [..., n, d], got {tuple(z.shape)}")

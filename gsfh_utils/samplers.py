@@ -13,16 +13,11 @@ import math
 
 import torch
 
-from ._validation import check_positive_int, check_probs, check_rewards
+from ._validation import check_generator, check_positive_int, check_probs, check_rewards
 from .gibbs import gibbs_policy
 from .sampling import acceptance_rate, rejection_sample
 
 PROPOSALS = ("gibbs", "empirical")
-
-
-def _check_generator(generator):
-    if not isinstance(generator, torch.Generator):
-        raise ValueError("generator must be a torch.Generator (randomness is always explicit)")
 
 
 def rso_select(pool_rewards, num_samples: int, eta: float, generator: torch.Generator):
@@ -40,7 +35,7 @@ def rso_select(pool_rewards, num_samples: int, eta: float, generator: torch.Gene
     Returns positions ``[..., num_samples]`` into the pool, in acceptance order.
     """
     check_positive_int(num_samples, "num_samples")
-    _check_generator(generator)
+    check_generator(generator)
     rewards = check_rewards(pool_rewards, "pool_rewards")
     pool_size = rewards.shape[-1]
     if pool_size < num_samples:
@@ -92,7 +87,7 @@ def rso_sample(ref_probs, rewards, eta, num_samples: int, pool_size: int,
     if pool_size < num_samples:
         raise ValueError(f"pool_size ({pool_size}) must be at least num_samples ({num_samples}): "
                          "RSO samples without replacement from the pool")
-    _check_generator(generator)
+    check_generator(generator)
     ref_probs = check_probs(ref_probs, "ref_probs")
     rewards = check_rewards(rewards)
     shape = torch.broadcast_shapes(ref_probs.shape, rewards.shape)
@@ -174,7 +169,7 @@ def multi_step_rejection_sample(ref_probs, rewards, etas, num_samples: int,
     if proposal not in PROPOSALS:
         raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
     check_positive_int(num_samples, "num_samples")
-    _check_generator(generator)
+    check_generator(generator)
     ref_probs = check_probs(ref_probs, "ref_probs")
     rewards = check_rewards(rewards)
     ref_probs, rewards = torch.broadcast_tensors(ref_probs, rewards)

@@ -17,6 +17,7 @@ from ._validation import (
     broadcast_pair,
     check_eta,
     check_eta_shape,
+    check_generator,
     check_positive_int,
     check_probs,
     check_rewards,
@@ -60,8 +61,7 @@ def rejection_sample(ref_probs, rewards, eta, num_samples: int, generator: torch
     proposals (tiny ``eta``): use the multi-step sampler then.
     """
     check_positive_int(num_samples, "num_samples")
-    if not isinstance(generator, torch.Generator):
-        raise ValueError("generator must be a torch.Generator (randomness is always explicit)")
+    check_generator(generator)
     ref_probs, log_accept = _acceptance_log_probs(ref_probs, rewards, eta)
     leading = ref_probs.shape[:-1]
     num_actions = ref_probs.shape[-1]

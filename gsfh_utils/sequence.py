@@ -39,28 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._validation import check_positive_int
+from ._validation import check_generator, check_positive_int, check_positive_number
 from .dpo import dpo_loss, select_pairs
 from .estimation import fit_bt_mle
 from .kl_estimators import kl_estimates
 from .samplers import rso_select
 
 EOS = 0
-
-
-def _check_generator(generator):
-    if not isinstance(generator, torch.Generator):
-        raise ValueError("generator must be a torch.Generator (randomness is always explicit)")
-
-
-def _check_positive_float(value, name: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from exc
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be positive and finite, got {value!r}")
-    return value
 
 
 def check_prompts(prompts, num_prompts: int, name: str = "prompts") -> torch.Tensor:
@@ -188,13 +173,13 @@ class SyntheticLanguage:
         ``sigmoid(b - length_quality_slope * q[x, v])`` with ``b`` set so that a response
         continues with probability ``1 - 1/mean_length`` after an average token: good tokens
         tend to be followed by more tokens, so longer samples are better on average."""
-        _check_generator(generator)
+        check_generator(generator)
         for value, name in [(num_prompts, "num_prompts"), (vocab_size, "vocab_size"),
                             (max_len, "max_len")]:
             check_positive_int(value, name)
         if vocab_size < 3 or max_len < 2:
             raise ValueError("need vocab_size >= 3 and max_len >= 2")
-        mean_length = _check_positive_float(mean_length, "mean_length")
+        mean_length = check_positive_number(mean_length, "mean_length")
         if mean_length <= 1:
             raise ValueError(f"mean_length must exceed 1, got {mean_length!r}")
         shape_pv = (num_prompts, vocab_size)
@@ -230,7 +215,7 @@ class SyntheticLanguage:
 
     def sample(self, prompts, generator: torch.Generator) -> torch.Tensor:
         """Responses ``[B, max_len]`` drawn from the language."""
-        _check_generator(generator)
+        check_generator(generator)
         prompts = check_prompts(prompts, self.num_prompts)
         batch = prompts.shape[0]
         out = torch.full((batch, self.max_len), EOS, dtype=torch.long)
@@ -279,7 +264,7 @@ class SyntheticLanguage:
 
     def label(self, prompts, first, second, generator: torch.Generator) -> torch.Tensor:
         """Gold preference labels (1 when ``first`` is preferred), drawn from the BT oracle."""
-        _check_generator(generator)
+        check_generator(generator)
         probs = self.preference_probability(prompts, first, second)
         return (torch.rand(probs.shape, dtype=torch.float64, generator=generator) < probs).long()
 
@@ -367,8 +352,8 @@ def sequence_logprob(policy: SequencePolicy, prompts, responses) -> torch.Tensor
 def sample(policy: SequencePolicy, prompts, generator: torch.Generator,
            temperature: float = 1.0) -> torch.Tensor:
     """Responses ``[B, max_len]`` drawn from ``softmax(logits / temperature)``, batched."""
-    _check_generator(generator)
-    temperature = _check_positive_float(temperature, "temperature")
+    check_generator(generator)
+    temperature = check_positive_number(temperature, "temperature")
     prompts = check_prompts(prompts, policy.num_prompts)
     batch = prompts.shape[0]
     out = torch.full((batch, policy.max_len), EOS, dtype=torch.long)
@@ -408,7 +393,7 @@ def train_sft(policy: SequencePolicy, prompts, responses, num_steps: int, genera
               batch_size: int = 256, lr: float = 3e-3) -> list[float]:
     """Maximum likelihood (mean negative log-likelihood per response) by Adam, in place.
     Returns the loss of each step."""
-    _check_generator(generator)
+    check_generator(generator)
     check_positive_int(num_steps, "num_steps")
     prompts = check_prompts(prompts, policy.num_prompts)
     responses = check_responses(responses, policy.vocab_size, policy.max_len,
@@ -453,9 +438,9 @@ def train_dpo(policy: SequencePolicy, reference: SequencePolicy, pairs: Preferen
     """Sequence-level DPO (PAPER.md section 5) by Adam, in place: mean over a mini-batch of
     ``dpo_loss(log pi(y_w), log pi(y_l), log pi_ref(y_w), log pi_ref(y_l), eta)`` with exact
     masked sequence log-probabilities; the reference stays fixed. Returns the loss per step."""
-    _check_generator(generator)
+    check_generator(generator)
     check_positive_int(num_steps, "num_steps")
-    eta = _check_positive_float(eta, "eta")
+    eta = check_positive_number(eta, "eta")
     with torch.no_grad():
         ref_chosen = sequence_logprob(reference, pairs.prompts, pairs.chosen)
         ref_rejected = sequence_logprob(reference, pairs.prompts, pairs.rejected)
@@ -549,8 +534,8 @@ def rejection_sample_sequences(proposal: SequencePolicy, prompts, reward, eta: f
     made in chunks for all still-unfilled prompts. Returns ``(responses [B, max_len],
     acceptance_rate)``; raises ``ValueError`` if more than ``max_proposals`` would be needed.
     """
-    _check_generator(generator)
-    eta = _check_positive_float(eta, "eta")
+    check_generator(generator)
+    eta = check_positive_number(eta, "eta")
     prompts = check_prompts(prompts, proposal.num_prompts)
     bound = reward.max_reward(prompts)
     out = torch.full((prompts.shape[0], proposal.max_len), EOS, dtype=torch.long)
