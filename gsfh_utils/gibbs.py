@@ -23,17 +23,30 @@ from ._validation import (
 )
 
 
-def _gibbs_logits(ref_probs, rewards, eta):
+def checked_log_tilt(ref_probs, rewards, eta):
+    """Validate the inputs and return ``(ref_probs, log_tilt, reward_max, eta)``.
+
+    ``log_tilt = (r - r_max)/eta`` with ``r_max`` the largest reward on the support of pi0, and
+    ``-inf`` off the support. It is both the Gibbs logit less ``log pi0`` and the log acceptance
+    probability of the rejection sampler. Shifting by ``r_max`` changes nothing mathematically
+    but keeps ``log pi0`` exact on the maximisers when ``eta`` is tiny (``r/eta ~ 1e6`` would round
+    it away).
+    """
     ref_probs = check_probs(ref_probs, "ref_probs")
     rewards = check_rewards(rewards)
     ref_probs, rewards = broadcast_pair(ref_probs, rewards, ("ref_probs", "rewards"))
     eta = check_eta(eta, ref_probs.dtype)
     check_eta_shape(eta, ref_probs.shape[:-1])
-    # log pi0 + (r - r_max)/eta, with r_max the largest reward on the support of pi0: the shift
-    # changes nothing mathematically but keeps log pi0 exact on the maximisers when eta is tiny
-    # (r/eta ~ 1e6 would round it away). Actions outside the support get -inf, so probability 0.
-    reward_max = torch.where(ref_probs > 0, rewards, -torch.inf).amax(-1, keepdim=True)
-    return torch.log(ref_probs) + (rewards - reward_max) / eta, reward_max, eta
+    support = ref_probs > 0
+    reward_max = torch.where(support, rewards, -torch.inf).amax(-1, keepdim=True)
+    log_tilt = torch.where(support, (rewards - reward_max) / eta, -torch.inf)
+    return ref_probs, log_tilt, reward_max, eta
+
+
+def _gibbs_logits(ref_probs, rewards, eta):
+    """``log pi0 + (r - r_max)/eta`` (probability 0 off the support), ``r_max`` and ``eta``."""
+    ref_probs, log_tilt, reward_max, eta = checked_log_tilt(ref_probs, rewards, eta)
+    return torch.log(ref_probs) + log_tilt, reward_max, eta
 
 
 def gibbs_log_policy(ref_probs, rewards, eta) -> torch.Tensor:

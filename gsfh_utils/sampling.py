@@ -13,31 +13,11 @@ import math
 
 import torch
 
-from ._validation import (
-    broadcast_pair,
-    check_eta,
-    check_eta_shape,
-    check_generator,
-    check_positive_int,
-    check_probs,
-    check_rewards,
-)
+from ._validation import check_generator, check_positive_int
+from .gibbs import checked_log_tilt
 
 #: Above this many expected proposals per context, exact one-step rejection is refused.
 MAX_EXPECTED_PROPOSALS = 10**8
-
-
-def _acceptance_log_probs(ref_probs, rewards, eta):
-    """Per-action log acceptance probability ``(r - r_max)/eta`` (-inf off the support)."""
-    ref_probs = check_probs(ref_probs, "ref_probs")
-    rewards = check_rewards(rewards)
-    ref_probs, rewards = broadcast_pair(ref_probs, rewards, ("ref_probs", "rewards"))
-    eta = check_eta(eta, ref_probs.dtype)
-    check_eta_shape(eta, ref_probs.shape[:-1])
-    support = ref_probs > 0
-    reward_max = torch.where(support, rewards, -torch.inf).amax(-1, keepdim=True)
-    log_accept = torch.where(support, (rewards - reward_max) / eta, -torch.inf)
-    return ref_probs, log_accept
 
 
 def acceptance_rate(ref_probs, rewards, eta) -> torch.Tensor:
@@ -45,7 +25,7 @@ def acceptance_rate(ref_probs, rewards, eta) -> torch.Tensor:
 
     Computed as ``logsumexp(log pi0 + (r - r_max)/eta)``, finite for any positive ``eta``.
     """
-    ref_probs, log_accept = _acceptance_log_probs(ref_probs, rewards, eta)
+    ref_probs, log_accept, _, _ = checked_log_tilt(ref_probs, rewards, eta)
     return torch.logsumexp(torch.log(ref_probs) + log_accept, dim=-1).exp()
 
 
@@ -62,7 +42,7 @@ def rejection_sample(ref_probs, rewards, eta, num_samples: int, generator: torch
     """
     check_positive_int(num_samples, "num_samples")
     check_generator(generator)
-    ref_probs, log_accept = _acceptance_log_probs(ref_probs, rewards, eta)
+    ref_probs, log_accept, _, _ = checked_log_tilt(ref_probs, rewards, eta)
     leading = ref_probs.shape[:-1]
     num_actions = ref_probs.shape[-1]
     ref_rows = ref_probs.reshape(-1, num_actions)
