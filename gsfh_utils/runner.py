@@ -112,15 +112,32 @@ def run_notebook(notebook: Path, output_dir: Path, parameters: dict,
     return NotebookRun(notebook.stem, seconds, error, results)
 
 
+def _replace_block(text: str, start: str, end: str, content: str) -> str:
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{content}\n{end}{tail}"
+
+
 def update_readme(readme: Path, results: list[dict]) -> None:
-    """Replace the claims block of the README (between the markers) by the current table."""
+    """Rewrite the generated blocks of the README from the results files.
+
+    The claims table goes between ``README_START`` and ``README_END`` (required). A claim detail
+    whose key ends in ``_markdown`` (a table a notebook made) fills the optional block
+    ``<!-- <notebook>/<key>:start -->`` ... ``<!-- <notebook>/<key>:end -->``, so the README
+    never shows numbers that the results no longer hold.
+    """
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme} lacks the markers {README_START} ... {README_END}")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    block = f"{README_START}\n{markdown_claims_table(results)}\n{README_END}"
-    atomic_write(readme, lambda temporary: temporary.write_text(head + block + tail))
+    text = _replace_block(text, README_START, README_END, markdown_claims_table(results))
+    for data in results:
+        for claim in data["claims"]:
+            for key, value in claim.get("details", {}).items():
+                start = f"<!-- {data['notebook']}/{key}:start -->"
+                end = f"<!-- {data['notebook']}/{key}:end -->"
+                if key.endswith("_markdown") and start in text and end in text:
+                    text = _replace_block(text, start, end, value)
+    atomic_write(readme, lambda temporary: temporary.write_text(text))
 
 
 def run(notebooks: list[Path], output_dir: Path, parameters: dict,

@@ -166,6 +166,21 @@ def test_update_readme_replaces_only_the_block_between_the_markers(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["README.md"]  # no temporary file left
 
 
+def test_update_readme_fills_a_notebook_table_block_from_a_markdown_detail(tmp_path):
+    results = [{**RESULTS[0], "claims": [
+        {**RESULTS[0]["claims"][0], "details": {"table_markdown": "| a |\n|---|\n| 1 |",
+                                                "other_markdown": "not in the README"}}]}]
+    readme = tmp_path / "README.md"
+    block = "<!-- 01_a/table_markdown:start -->\nstale\n<!-- 01_a/table_markdown:end -->"
+    readme.write_text(f"{README_START}\n{README_END}\n{block}\ntail\n")
+    update_readme(readme, results)
+    text = readme.read_text()
+    table = "| a |\n|---|\n| 1 |"
+    assert f"<!-- 01_a/table_markdown:start -->\n{table}\n<!-- 01_a/table_markdown:end -->" in text
+    assert "stale" not in text and "not in the README" not in text
+    assert text.endswith("tail\n")
+
+
 @pytest.mark.parametrize("content", ["# no markers\n", f"only the start {README_START}\n",
                                      f"only the end {README_END}\n"])
 def test_update_readme_without_markers_is_an_error(tmp_path, content):
