@@ -29,3 +29,14 @@ def test_notebook_is_stripped_and_parameterised(notebook):
 def test_every_notebook_file_is_numbered():
     names = sorted(p.name for p in (REPOSITORY_ROOT / "notebooks").glob("*.ipynb"))
     assert names == [p.name for p in NOTEBOOKS], "notebooks must be named NN_snake_case.ipynb"
+
+
+def test_code_passes_the_linter():
+    """ruff (configured in pyproject.toml) over the package, tests, benchmarks and notebooks."""
+    import subprocess
+    import sys
+
+    folders = ["gsfh_utils", "tests", "benchmarks", "notebooks"]
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", *folders],
+                            cwd=REPOSITORY_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
