@@ -565,22 +565,3 @@ def batches_to_reach(curve, level) -> torch.Tensor:
     reached = curve <= _as64(level)
     index = torch.arange(curve.shape[0], dtype=torch.float64).view(-1, *([1] * (curve.ndim - 1)))
     return torch.where(reached, index, torch.inf).amin(0)
-
-
-def sign_test(first, second) -> tuple[int, int, float]:
-    """One-sided paired sign test that ``first < second`` more often than not.
-
-    Returns ``(wins, losses, p_value)``: ``wins = #(first < second)``, ``losses =
-    #(first > second)`` (ties dropped), ``p = P(Binomial(wins + losses, 1/2) >= wins)`` (exact);
-    ``p = 1`` when every pair ties. Infinite entries (never reached) compare as usual.
-    """
-    first, second = _as64(first), _as64(second)
-    if first.shape != second.shape:
-        raise ValueError(f"first {tuple(first.shape)} and second {tuple(second.shape)} differ")
-    wins = int((first < second).sum())
-    losses = int((first > second).sum())
-    total = wins + losses
-    if total == 0:
-        return wins, losses, 1.0
-    tail = sum(math.comb(total, k) for k in range(wins, total + 1))
-    return wins, losses, tail / 2**total

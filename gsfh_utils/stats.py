@@ -5,6 +5,8 @@ Thresholds of the claims come from here: a test at a stated level, not a tuned t
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._validation import check_probs
@@ -143,3 +145,23 @@ def two_sample_test(first, second, alternative: str = "greater") -> float:
             f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}")
     return float(scipy_stats.mannwhitneyu(first.numpy(), second.numpy(),
                                           alternative=alternative).pvalue)
+
+
+def sign_test(first, second) -> tuple[int, int, float]:
+    """One-sided paired sign test that ``first < second`` more often than not.
+
+    Returns ``(wins, losses, p_value)``: ``wins = #(first < second)``, ``losses =
+    #(first > second)`` (ties dropped), ``p = P(Binomial(wins + losses, 1/2) >= wins)`` (exact);
+    ``p = 1`` when every pair ties. Infinite entries (never reached) compare as usual.
+    """
+    first = torch.as_tensor(first, dtype=torch.float64)
+    second = torch.as_tensor(second, dtype=torch.float64)
+    if first.shape != second.shape:
+        raise ValueError(f"first {tuple(first.shape)} and second {tuple(second.shape)} differ")
+    wins = int((first < second).sum())
+    losses = int((first > second).sum())
+    total = wins + losses
+    if total == 0:
+        return wins, losses, 1.0
+    tail = sum(math.comb(total, k) for k in range(wins, total + 1))
+    return wins, losses, tail / 2**total

@@ -276,19 +276,6 @@ def test_batches_to_reach():
     assert online.batches_to_reach(curve, 0.5).tolist() == [1.0, math.inf]
 
 
-def test_sign_test_matches_binomial_tail():
-    from scipy.stats import binomtest
-
-    first = torch.tensor([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10])
-    second = torch.tensor([2.0, 3, 4, 5, 6, 7, 8, 1, 9, math.inf])
-    wins, losses, p_value = online.sign_test(first, second)
-    assert (wins, losses) == (8, 1)
-    assert p_value == pytest.approx(binomtest(8, 9, 0.5, alternative="greater").pvalue)
-    assert online.sign_test(first, first)[2] == 1.0
-    with pytest.raises(ValueError):
-        online.sign_test(first, first[:3])
-
-
 def test_undercovered_instance_structure():
     instance = small_instance(num_contexts=4, num_actions=6, dim=6)
     assert torch.allclose(instance.ref_probs[:, :2].sum(-1), torch.full((4,), 0.05).double())

@@ -16,6 +16,7 @@ from gsfh_utils.stats import (
     chi_square_pvalue,
     empirical_counts,
     normal_quantile,
+    sign_test,
 )
 
 F64 = torch.float64
@@ -156,3 +157,16 @@ def test_binomial_z_scores():
 def test_empirical_counts_rejects_indices_outside_the_actions():
     with pytest.raises(ValueError, match="samples must be action indices"):
         empirical_counts(torch.tensor([[0, 3]]), 3)
+
+
+def test_sign_test_matches_binomial_tail():
+    from scipy.stats import binomtest
+
+    first = torch.tensor([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    second = torch.tensor([2.0, 3, 4, 5, 6, 7, 8, 1, 9, math.inf])
+    wins, losses, p_value = sign_test(first, second)
+    assert (wins, losses) == (8, 1)
+    assert p_value == pytest.approx(binomtest(8, 9, 0.5, alternative="greater").pvalue)
+    assert sign_test(first, first)[2] == 1.0
+    with pytest.raises(ValueError):
+        sign_test(first, first[:3])
