@@ -3,8 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUNNER := $(BIN)/python -m gsfh_utils.lab.runner
+PROFILE ?= full
 
-.PHONY: install reproduce test lab lint benchmark clean
+.PHONY: install reproduce test notebook lab lint benchmark clean
 
 install: $(STAMP)
 
@@ -13,13 +15,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $(STAMP)
 
-## Execute every notebook at full size, rewrite figures/ and results/, print the claims table.
+## Execute every notebook at full size, promote passing runs into figures/ and results/, rewrite
+## the README's claims table, print every claim.
 reproduce: $(STAMP)
-	$(BIN)/python -m gsfh_utils.runner --profile full --update-readme
+	$(RUNNER) --profile full --update-readme
 
 ## Unit and property tests, plus every notebook at the small profile.
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## One notebook: make notebook NB=03 [PROFILE=small] [ARGS="-p batch_size 50 --explore"]
+notebook: $(STAMP)
+	$(RUNNER) -n $(NB) --profile $(PROFILE) $(ARGS)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

@@ -1,14 +1,36 @@
-"""gsfh_utils: the tested helpers behind the GSHF companion notebooks.
+"""gsfh_utils: the tested package behind the executable companion to *Gibbs Sampling from Human
+Feedback* (Xiong et al., arXiv:2312.11456; ICML 2024 as *Iterative Preference Learning from
+Human Feedback*).
 
-Modules follow the paper: ``gibbs`` (the Gibbs policy and the KL-regularised objective),
-``sampling`` (rejection sampling of the Gibbs policy), ``instance`` (the linear Bradley-Terry
-bandit with exact values), ``stats`` (tests behind the claims), ``claims`` (the claims
-registry), ``plotting`` (style and ``savefig``), ``runner`` (papermill over the notebooks).
+The paper's mathematics, one module per idea:
+
+- ``gibbs``: the Gibbs policy of a reward, ``log Z``, KL and TV, the KL-regularised value, mirror
+  ascent, the two ``eta`` limits and the reward-KL frontier.
+- ``sampling``: samplers of the Gibbs policy: exact rejection from pi0, RSO's finite pool,
+  multi-step rejection sampling.
+- ``instance``: ``LinearBTBandit``, the linear Bradley-Terry contextual bandit with exact values
+  and preference sampling; reference-policy families; random policies.
+- ``estimation``: the batched Bradley-Terry MLE, the design matrix, the slope bound ``gamma``, the
+  confidence radius ``beta`` (and its parametric bootstrap), ``Sigma``-norms.
+- ``offline``: pointwise and expected pessimism, their bounds, the coverage-dial instance.
+- ``online``: the online loop (main agent, enhancer over the KL-budget set, baselines), the
+  elliptical potential, the under-covered instance.
+- ``dpo``: the DPO loss and its variants, DPO trainers, pair selectors, iterative DPO, RSO.
+- ``kl_estimators``: the k1, k2, k3 estimators of KL with their exact moments.
+
+Two subpackages:
+
+- ``gsfh_utils.lm``: the paper's language-model experiment in miniature (``sequence``: the
+  synthetic language, the GRU policy, training, the proxy reward, samplers; ``experiment``: one
+  seed of every method, and the summaries).
+- ``gsfh_utils.lab``: the experiment machinery (notebook runs, claims, statistics, figures,
+  results files, the runner); see its docstring.
+
+The functions a script needs most are importable from here.
 """
 
-from .claims import ClaimFailed, ClaimRegistry
 from .dpo import dpo_loss
-from .estimation import fit_bt_mle
+from .estimation import confidence_radius, fit_bt_mle, slope_bound
 from .gibbs import (
     gibbs_log_policy,
     gibbs_policy,
@@ -19,16 +41,13 @@ from .gibbs import (
     total_variation,
 )
 from .instance import LinearBTBandit, Preferences, random_policies
-from .plotting import savefig, set_style
-from .profiles import sizes_for
 from .sampling import acceptance_rate, rejection_sample
 
 __all__ = [
-    "ClaimFailed",
-    "ClaimRegistry",
     "LinearBTBandit",
     "Preferences",
     "acceptance_rate",
+    "confidence_radius",
     "dpo_loss",
     "fit_bt_mle",
     "gibbs_log_policy",
@@ -36,11 +55,9 @@ __all__ = [
     "kl_divergence",
     "log_partition",
     "mirror_ascent",
-    "regularized_value",
     "random_policies",
+    "regularized_value",
     "rejection_sample",
-    "savefig",
-    "set_style",
-    "sizes_for",
+    "slope_bound",
     "total_variation",
 ]

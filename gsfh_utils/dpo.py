@@ -450,7 +450,7 @@ def rso_dpo(bandit, data, reg: float, num_pairs: int, pool_size: int,
 
     Returns the policy ``[..., X, K]``.
     """
-    from .samplers import rso_select
+    from .sampling import rso_select
 
     features = _features(bandit, features)
     batch_shape = tuple(data.labels.shape[:-1])

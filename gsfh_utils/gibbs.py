@@ -1,4 +1,8 @@
-"""The Gibbs policy of a reward and the KL-regularised objective (PAPER.md section 2).
+"""The Gibbs policy of a reward and the KL-regularised objective (derived in notebook 01).
+
+The reverse-KL regularised objective of Xiong et al. (arXiv:2312.11456) is
+``J_r(pi) = E_x [E_{a~pi} r(x,a) - eta KL(pi(.|x) || pi0(.|x))]``; its maximiser is the Gibbs policy
+``pi_r = pi0 exp(r/eta) / Z_r``, and ``J_r(pi_r) - J_r(pi) = eta E_x KL(pi || pi_r)`` exactly.
 
 All functions are batched over leading dimensions (seeds, contexts) with actions last, and work
 in log space so that ``eta`` from 1e-6 to 1e8 gives finite, correct numbers.
@@ -50,13 +54,13 @@ def _gibbs_logits(ref_probs, rewards, eta):
 
 
 def gibbs_log_policy(ref_probs, rewards, eta) -> torch.Tensor:
-    """log pi_r(a|x) = log pi0(a|x) + r(x,a)/eta - log Z_r(x)  (PAPER.md section 2)."""
+    """log pi_r(a|x) = log pi0(a|x) + r(x,a)/eta - log Z_r(x)."""
     logits, _, _ = _gibbs_logits(ref_probs, rewards, eta)
     return torch.log_softmax(logits, dim=-1)
 
 
 def gibbs_policy(ref_probs, rewards, eta) -> torch.Tensor:
-    """Gibbs policy pi_r(a|x) = pi0(a|x) exp(r(x,a)/eta) / Z_r(x)  (PAPER.md section 2).
+    """Gibbs policy pi_r(a|x) = pi0(a|x) exp(r(x,a)/eta) / Z_r(x).
 
     The unique maximiser of E_pi r - eta KL(pi || pi0). Computed as a softmax of
     ``log pi0 + r/eta``, so it is exact in the limits: zero outside the support of pi0 for any
@@ -240,3 +244,66 @@ def large_eta_tv_bound(ref_probs, rewards, eta) -> torch.Tensor:
     minimum = torch.where(support, support_rewards, torch.inf).amin(-1)
     oscillation = support_rewards.amax(-1) - minimum
     return 0.5 * torch.expm1(oscillation / eta)
+
+
+def argmax_mass(ref_probs, rewards) -> torch.Tensor:
+    """``pi0(M|x)``, the reference mass of the maximisers ``M`` of ``r`` on the support of pi0:
+    the limit of the rejection sampler's acceptance rate as ``eta -> 0``. Shape: leading dims."""
+    ref_probs, support_rewards, _ = _support_rewards(ref_probs, rewards)
+    maximisers = support_rewards == support_rewards.amax(-1, keepdim=True)
+    return torch.where(maximisers, ref_probs, 0.0).sum(-1)
+
+
+def gap_identity_magnitude(policy, ref_probs, rewards, eta) -> torch.Tensor:
+    """The sum of the absolute values of the float64 terms that both sides of the gap identity
+    ``eta log Z_r - (E_pi r - eta KL(pi || pi0)) = eta KL(pi || pi_r)`` add up, per problem: what
+    ``gsfh_utils.lab.stats.roundoff_tolerance`` scales to a round-off bound. All arguments
+    broadcast to ``[..., K]`` (``eta`` to ``[...]``)."""
+    policy, ref_probs = check_probs(policy, "policy"), check_probs(ref_probs, "ref_probs")
+    rewards = check_rewards(rewards)
+    eta = check_eta(eta, torch.float64).squeeze(-1)
+    gibbs = gibbs_policy(ref_probs, rewards, eta)
+
+    def abs_log(probs):
+        return torch.where(probs > 0, probs.log().abs(), 0.0)
+
+    logs = abs_log(policy) + abs_log(ref_probs) + abs_log(gibbs)
+    return ((policy * rewards).abs().sum(-1) + eta * (policy * logs).sum(-1)
+            + (eta * log_partition(ref_probs, rewards, eta)).abs()
+            + (gibbs * rewards).abs().sum(-1))
+
+
+def frontier_excess(ref_probs, rewards, policies):
+    """How far ``policies [N, K]`` (one context) rise above the Gibbs reward-KL frontier.
+
+    For each policy, bisection (``gibbs_frontier_eta``) finds the ``eta`` whose Gibbs policy has
+    the same KL to pi0, and the frontier is evaluated in the dual form
+    ``F = E_{pi_eta} r + eta [KL(pi || pi0) - KL(pi_eta || pi0)]``, so that
+    ``F - E_pi r = eta KL(pi || pi_eta) >= 0`` for *any* ``eta`` (the gap identity) and the check
+    does not depend on the bisection's precision. Returns ``(excess, kl, reward)``:
+    ``(E_pi r - F)`` divided by the float64 round-off bound of the comparison (at most 1 for every
+    policy if the frontier dominates), and each policy's KL and expected reward.
+    """
+    from .lab.stats import roundoff_tolerance
+
+    ref_probs, rewards = check_probs(ref_probs, "ref_probs"), check_rewards(rewards)
+    policies = check_probs(policies, "policies")
+    kl = kl_divergence(policies, ref_probs)
+    reward = (policies * rewards).sum(-1)
+    eta = gibbs_frontier_eta(ref_probs, rewards, kl)
+    matched = gibbs_policy(ref_probs, rewards, eta)
+    frontier = (matched * rewards).sum(-1) + eta * (kl - kl_divergence(matched, ref_probs))
+    tolerance = roundoff_tolerance(rewards.shape[-1], rewards.abs().max() + eta * kl)
+    return (reward - frontier) / tolerance, kl, reward
+
+
+def eta_limits(ref_probs, rewards, etas) -> dict[str, torch.Tensor]:
+    """The Gibbs policy against its two limits, for every ``eta`` of ``etas [E, 1]`` (or any
+    shape broadcasting against the leading dimensions): ``tv_to_reference`` =
+    ``TV(pi_eta, pi0)`` with its ``large_eta_bound``, and ``tv_to_argmax_limit`` =
+    ``TV(pi_eta, pi0(.|M))`` with its ``small_eta_bound`` (derived in notebook 01)."""
+    policies = gibbs_policy(ref_probs, rewards, etas)
+    return {"tv_to_reference": total_variation(policies, ref_probs),
+            "large_eta_bound": large_eta_tv_bound(ref_probs, rewards, etas),
+            "tv_to_argmax_limit": total_variation(policies, small_eta_limit(ref_probs, rewards)),
+            "small_eta_bound": small_eta_tv_bound(ref_probs, rewards, etas)}

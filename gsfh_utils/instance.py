@@ -1,19 +1,54 @@
-"""A linear Bradley-Terry contextual bandit with exact ground truth (PAPER.md section 1).
+"""The linear Bradley-Terry contextual bandit of the paper's setting, with exact ground truth.
 
 Contexts ``x ~ d0`` from a finite set, actions ``a`` in ``{0..K-1}``, features ``phi(x, a)`` with
-``||phi|| <= 1``, reward ``r*(x, a) = <theta*, phi(x, a)>``, reference policy ``pi0`` and the
-objective ``J(pi) = E_x [E_pi r* - eta KL(pi || pi0)]``. Everything is exact (finite sums), so
-notebooks can measure suboptimality without Monte-Carlo error.
+``||phi|| <= 1``, reward ``r*(x, a) = <theta*, phi(x, a)>``, Bradley-Terry preferences
+``P(a1 > a2 | x) = sigmoid(r*(x, a1) - r*(x, a2))``, a reference policy ``pi0`` and the
+KL-regularised objective ``J(pi) = E_x [E_pi r* - eta KL(pi || pi0)]``. Everything is exact
+(finite sums), so notebooks measure suboptimality without Monte-Carlo error.
+
+The instance carries ``eta`` because it defines the objective ``J``; ``with_eta`` gives the same
+bandit under another coefficient.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from ._validation import check_eta, check_positive_int, check_probs
-from .gibbs import gibbs_policy, log_partition, regularized_value
+from ._validation import check_eta, check_positive_int, check_positive_number, check_probs
+from .gibbs import gibbs_policy, kl_divergence, log_partition, regularized_value
+
+#: Families of reference policies ``pi0`` (see ``reference_policy``).
+REFERENCE_FAMILIES = ("softmax", "zipf", "uniform")
+
+
+def reference_policy(family: str, *, num_contexts: int, num_actions: int,
+                     generator: torch.Generator, temperature: float = 1.0,
+                     exponent: float = 1.0) -> torch.Tensor:
+    """A reference policy ``pi0 [X, K]`` from a named family:
+
+    - ``"softmax"``: ``softmax(temperature * N(0, I))`` per context (temperature 0 is uniform,
+      large temperatures are nearly deterministic);
+    - ``"zipf"``: ``pi0(a) ∝ rank(a)^-exponent`` with the ranks a random permutation per context
+      (a heavy head and a long tail, like a language model's responses);
+    - ``"uniform"``: ``1/K``.
+    """
+    check_positive_int(num_contexts, "num_contexts")
+    check_positive_int(num_actions, "num_actions")
+    shape = (num_contexts, num_actions)
+    if family == "softmax":
+        logits = temperature * torch.randn(shape, dtype=torch.float64, generator=generator)
+        return torch.softmax(logits, -1)
+    if family == "zipf":
+        exponent = check_positive_number(exponent, "exponent")
+        ranks = torch.argsort(torch.rand(shape, generator=generator), -1) + 1
+        weights = ranks.to(torch.float64) ** -exponent
+        return weights / weights.sum(-1, keepdim=True)
+    if family == "uniform":
+        return torch.full(shape, 1.0 / num_actions, dtype=torch.float64)
+    raise ValueError(f"family must be one of {REFERENCE_FAMILIES}, got {family!r}")
 
 
 @dataclass(frozen=True)
@@ -93,10 +128,12 @@ class LinearBTBandit:
         object.__setattr__(self, "eta", float(self.eta))
 
     @classmethod
-    def random(cls, num_contexts: int, num_actions: int, dim: int, norm_bound: float, eta: float,
-               generator: torch.Generator, ref_temperature: float = 1.0) -> LinearBTBandit:
+    def random(cls, *, num_contexts: int, num_actions: int, dim: int, norm_bound: float,
+               eta: float, generator: torch.Generator, reference: str = "softmax",
+               ref_temperature: float = 1.0, zipf_exponent: float = 1.0) -> LinearBTBandit:
         """A random instance: features uniform in direction with norms in [0.5, 1], ``theta*``
-        of norm ``norm_bound``, ``pi0 = softmax(ref_temperature * N(0, 1))``, uniform ``d0``."""
+        of norm ``norm_bound``, ``pi0`` from the ``reference`` family (``reference_policy``),
+        uniform ``d0``."""
         for name, value in [("num_contexts", num_contexts), ("num_actions", num_actions),
                             ("dim", dim)]:
             check_positive_int(value, name)
@@ -107,10 +144,15 @@ class LinearBTBandit:
                                        generator=generator)
         theta = torch.randn(dim, dtype=torch.float64, generator=generator)
         theta = norm_bound * theta / theta.norm()
-        logits = ref_temperature * torch.randn(num_contexts, num_actions, dtype=torch.float64,
-                                               generator=generator)
-        return cls(directions * norms, theta, torch.softmax(logits, -1),
+        ref_probs = reference_policy(reference, num_contexts=num_contexts,
+                                     num_actions=num_actions, generator=generator,
+                                     temperature=ref_temperature, exponent=zipf_exponent)
+        return cls(directions * norms, theta, ref_probs,
                    torch.full((num_contexts,), 1.0 / num_contexts, dtype=torch.float64), eta)
+
+    def with_eta(self, eta: float) -> LinearBTBandit:
+        """The same bandit under the KL coefficient ``eta`` (a new instance)."""
+        return dataclasses.replace(self, eta=eta)
 
     @property
     def num_contexts(self) -> int:
@@ -145,6 +187,16 @@ class LinearBTBandit:
         """``J(pi*) = eta E_x log Z_{r*}(x)`` (the gap identity with ``pi = pi*``)."""
         log_z = log_partition(self.ref_probs, self.rewards(), self.eta)
         return self.eta * (log_z * self.context_probs).sum(-1)
+
+    def mean_features(self, policy: torch.Tensor) -> torch.Tensor:
+        """``E_{x ~ d0, a ~ pi} phi(x, a)`` for ``policy [..., X, K]``: shape ``[..., d]``."""
+        weights = torch.as_tensor(policy, dtype=torch.float64) * self.context_probs.unsqueeze(-1)
+        return torch.einsum("...xk,xkd->...d", weights, self.features)
+
+    def expected_kl(self, policy: torch.Tensor, other: torch.Tensor | None = None):
+        """``E_{x ~ d0} KL(policy(.|x) || other(.|x))`` (``other`` defaults to ``pi0``)."""
+        other = self.ref_probs if other is None else other
+        return (kl_divergence(policy, other) * self.context_probs).sum(-1)
 
     def suboptimality(self, policy: torch.Tensor) -> torch.Tensor:
         """``J(pi*) - J(pi)`` (``= eta E_x KL(pi || pi*)`` by the gap identity)."""

@@ -6,7 +6,7 @@ import tomllib
 
 import yaml
 
-from gsfh_utils.io import REPOSITORY_ROOT
+from gsfh_utils.lab.io import REPOSITORY_ROOT
 
 
 def pyproject_requirements() -> set[str]:

@@ -10,7 +10,7 @@ import torch
 from conftest import EPS
 
 from gsfh_utils import LinearBTBandit, Preferences, kl_divergence
-from gsfh_utils.stats import chi_square_pvalue, empirical_counts, normal_quantile
+from gsfh_utils.lab.stats import chi_square_pvalue, empirical_counts, normal_quantile
 
 F64 = torch.float64
 LEVEL = 1e-3  # level of each frequency test (a correct sampler fails it with this probability)

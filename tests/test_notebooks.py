@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from gsfh_utils.io import REPOSITORY_ROOT
-from gsfh_utils.runner import find_notebooks, run_notebook
+from gsfh_utils.lab.io import REPOSITORY_ROOT
+from gsfh_utils.lab.runner import find_notebooks, run_notebook
 
 NOTEBOOKS = find_notebooks(REPOSITORY_ROOT / "notebooks")
 

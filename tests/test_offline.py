@@ -1,5 +1,5 @@
-"""Tests of gsfh_utils.offline (pessimistic policies, bounds, the trap instance, the grid helpers)
-and of the statistics helpers notebook 02 uses (loglog_slope, paired_test, two_sample_test).
+"""Tests of gsfh_utils.offline (pessimistic policies, bounds, the trap instance, the grid helpers).
+
 
 Independent computations: explicit matrix inverses, brute force over a grid of the simplex,
 mirror ascent on the simplex (for the expected-pessimism solver), the value-difference theorem
@@ -14,11 +14,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import stats as scipy_stats
 
 import gsfh_utils as gu
 from gsfh_utils import estimation, offline
-from gsfh_utils.stats import loglog_slope, paired_test, two_sample_test
 
 
 def small_problem(seed, num_contexts=3, num_actions=4, dim=3, batch=(), scale=2.0):
@@ -268,36 +266,3 @@ def test_grid_helpers_are_deterministic_and_consistent():
     error = estimation.sigma_norm(fits.theta_hat - trap.bandit.theta_star, fits.sigma)
     assert torch.allclose(error, fits.error_sigma)
 
-
-def test_loglog_slope_matches_scipy_linregress():
-    generator = torch.Generator().manual_seed(12)
-    sizes = torch.tensor([10.0, 30.0, 100.0, 300.0], dtype=torch.float64).repeat_interleave(25)
-    values = 3 * sizes**-0.7 * torch.exp(0.2 * torch.randn(100, dtype=torch.float64,
-                                                          generator=generator))
-    slope, lower, upper = loglog_slope(sizes, values, level=0.95)
-    reference = scipy_stats.linregress(sizes.log().numpy(), values.log().numpy())
-    half = scipy_stats.t.ppf(0.975, 98) * reference.stderr
-    assert math.isclose(slope, reference.slope, rel_tol=1e-10)
-    assert math.isclose(upper - slope, half, rel_tol=1e-8)
-    assert lower < -0.7 < upper
-    with pytest.raises(ValueError, match="positive"):
-        loglog_slope(sizes, -values)
-    with pytest.raises(ValueError, match="level"):
-        loglog_slope(sizes, values, level=1.0)
-
-
-def test_paired_and_two_sample_tests_match_scipy():
-    generator = torch.Generator().manual_seed(13)
-    first = torch.randn(40, dtype=torch.float64, generator=generator) + 0.5
-    second = torch.randn(40, dtype=torch.float64, generator=generator)
-    assert math.isclose(paired_test(first, second, "greater"),
-                        scipy_stats.wilcoxon(first.numpy(), second.numpy(),
-                                             alternative="greater").pvalue, rel_tol=1e-12)
-    assert math.isclose(two_sample_test(first, second, "greater"),
-                        scipy_stats.mannwhitneyu(first.numpy(), second.numpy(),
-                                                 alternative="greater").pvalue, rel_tol=1e-12)
-    assert paired_test(first, second, "greater") < paired_test(first, second, "less")
-    with pytest.raises(ValueError, match="paired"):
-        paired_test(first, second[:-1])
-    with pytest.raises(ValueError, match="alternative"):
-        two_sample_test(first, second, "bigger")

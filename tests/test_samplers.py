@@ -1,4 +1,4 @@
-"""Tests of gsfh_utils.samplers: RSO's finite-pool sampler against the exact law of its
+"""Tests of gsfh_utils.sampling: RSO's finite-pool sampler against the exact law of its
 algorithm on tiny problems (brute-force enumeration of pools), and multi-step rejection sampling."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import gsfh_utils as gu
-from gsfh_utils import samplers
-from gsfh_utils.stats import chi_square_pvalue, empirical_counts
+from gsfh_utils import sampling as samplers
+from gsfh_utils.lab.stats import chi_square_pvalue, empirical_counts
 
 
 def _rso_first_draw_law(ref, rewards, eta, pool_size):

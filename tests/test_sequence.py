@@ -1,4 +1,4 @@
-"""The miniature language-model helpers (gsfh_utils.sequence), against independent computations.
+"""The miniature language-model helpers (gsfh_utils.lm.sequence), against independent computations.
 
 Tiny problems (vocabulary 3 or 4, at most 3 content tokens) are enumerated exactly: sequence
 probabilities are recomputed by a hand-written GRU loop, sampling frequencies are tested against
@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from gsfh_utils import sequence as sq
-from gsfh_utils.stats import chi_square_pvalue
+from gsfh_utils.lm import sequence as sq
+from gsfh_utils.lab.stats import chi_square_pvalue
 
 #: Level of each goodness-of-fit test: a correct sampler fails one with probability 1e-3.
 LEVEL = 1e-3
@@ -309,11 +309,11 @@ def test_other_bad_inputs():
 
 
 # --------------------------------------------------------------------------------------------
-# The experiment of notebook 05 (gsfh_utils.miniature), at toy size.
+# The experiment of notebook 05 (gsfh_utils.lm.experiment), at toy size.
 
 
 def toy_config():
-    from gsfh_utils.miniature import MiniatureConfig
+    from gsfh_utils.lm.experiment import MiniatureConfig
 
     return MiniatureConfig(num_prompts=2, vocab_size=4, max_len=5, hidden_dim=8,
                            language_samples=64, sft_steps=4, num_gold_pairs=32, dpo_steps=3,
@@ -323,7 +323,7 @@ def toy_config():
 
 
 def test_run_seed_is_deterministic_and_complete():
-    from gsfh_utils import miniature as mini
+    from gsfh_utils.lm import experiment as mini
 
     first, second = mini.run_seed(toy_config(), 3), mini.run_seed(toy_config(), 3)
     assert first == second
@@ -340,7 +340,7 @@ def test_run_seed_is_deterministic_and_complete():
 def test_z_test_matches_scipy():
     from scipy import stats as scipy_stats
 
-    from gsfh_utils.miniature import z_test_greater
+    from gsfh_utils.lm.experiment import z_test_greater
 
     p = z_test_greater(1.0, 2.0, 100, 0.5, 1.0, 50)
     z = 0.5 / math.sqrt(4 / 100 + 1 / 50)

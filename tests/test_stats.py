@@ -10,7 +10,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gsfh_utils.stats import (
+from gsfh_utils.lab.stats import (
     MIN_EXPECTED_COUNT,
     binomial_z_scores,
     chi_square_pvalue,
@@ -170,3 +170,37 @@ def test_sign_test_matches_binomial_tail():
     assert sign_test(first, first)[2] == 1.0
     with pytest.raises(ValueError):
         sign_test(first, first[:3])
+
+
+def test_loglog_slope_matches_scipy_linregress():
+    generator = torch.Generator().manual_seed(12)
+    sizes = torch.tensor([10.0, 30.0, 100.0, 300.0], dtype=torch.float64).repeat_interleave(25)
+    values = 3 * sizes**-0.7 * torch.exp(0.2 * torch.randn(100, dtype=torch.float64,
+                                                          generator=generator))
+    slope, lower, upper = loglog_slope(sizes, values, level=0.95)
+    reference = scipy_stats.linregress(sizes.log().numpy(), values.log().numpy())
+    half = scipy_stats.t.ppf(0.975, 98) * reference.stderr
+    assert math.isclose(slope, reference.slope, rel_tol=1e-10)
+    assert math.isclose(upper - slope, half, rel_tol=1e-8)
+    assert lower < -0.7 < upper
+    with pytest.raises(ValueError, match="positive"):
+        loglog_slope(sizes, -values)
+    with pytest.raises(ValueError, match="level"):
+        loglog_slope(sizes, values, level=1.0)
+
+
+def test_paired_and_two_sample_tests_match_scipy():
+    generator = torch.Generator().manual_seed(13)
+    first = torch.randn(40, dtype=torch.float64, generator=generator) + 0.5
+    second = torch.randn(40, dtype=torch.float64, generator=generator)
+    assert math.isclose(wilcoxon_test(first, second, "greater"),
+                        scipy_stats.wilcoxon(first.numpy(), second.numpy(),
+                                             alternative="greater").pvalue, rel_tol=1e-12)
+    assert math.isclose(two_sample_test(first, second, "greater"),
+                        scipy_stats.mannwhitneyu(first.numpy(), second.numpy(),
+                                                 alternative="greater").pvalue, rel_tol=1e-12)
+    assert wilcoxon_test(first, second, "greater") < wilcoxon_test(first, second, "less")
+    with pytest.raises(ValueError, match="paired"):
+        wilcoxon_test(first, second[:-1])
+    with pytest.raises(ValueError, match="alternative"):
+        two_sample_test(first, second, "bigger")

@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._validation import check_generator, check_positive_int, check_positive_number
-from .dpo import dpo_loss, select_pairs
-from .estimation import fit_bt_mle
-from .kl_estimators import kl_estimates
-from .samplers import rso_select
+from .._validation import check_generator, check_positive_int, check_positive_number
+from ..dpo import dpo_loss, select_pairs
+from ..estimation import fit_bt_mle
+from ..kl_estimators import kl_estimates
+from ..sampling import rso_select
 
 EOS = 0
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import sequence as sq
-from .samplers import geometric_schedule, stage_temperatures
+from ..sampling import geometric_schedule, stage_temperatures
 
 
 @dataclass(frozen=True)
