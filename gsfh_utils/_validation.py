@@ -7,6 +7,11 @@ import math
 import torch
 
 
+def as_float64(value) -> torch.Tensor:
+    """``value`` as a float64 tensor (internal arrays whose shapes are checked by the caller)."""
+    return torch.as_tensor(value, dtype=torch.float64)
+
+
 def as_float_tensor(value, name: str) -> torch.Tensor:
     """Return ``value`` as a floating tensor (float64 unless it already is floating)."""
     if isinstance(value, torch.Tensor):

@@ -1,13 +1,17 @@
-"""Estimation from preference data: the Bradley-Terry MLE and its confidence set (PAPER.md 3).
+"""Estimation from preference data: the Bradley-Terry MLE and its confidence set.
 
 - ``fit_bt_mle``: the ridge-regularised maximum-likelihood estimate ``theta_hat``, batched over any
   leading dimensions (seeds, data sizes) by damped Newton steps with batched Cholesky solves.
 - ``sigma_d``: the unnormalised design matrix ``Sigma_D = lambda I + sum_i z_i z_i^T``.
-- ``slope_bound`` and ``confidence_radius``: ``gamma`` and ``beta`` of the confidence event
-  ``||theta_hat - theta*||_{Sigma_D} <= beta`` (Zhu, Jordan, Jiao 2023), constant convention stated.
+- ``reward_difference_bound``, ``slope_bound`` and ``confidence_radius``: the range of reward
+  differences, ``gamma`` and ``beta`` of the confidence event
+  ``||theta_hat - theta*||_{Sigma_D} <= beta`` (Zhu, Jordan, Jiao 2023, arXiv:2301.11270; the
+  paper's section 3), with the constant convention stated.
+- ``bootstrap_radius``: a data-driven radius, the parametric bootstrap of the MLE (no ``theta*``).
 - ``reference_vectors``: ``nu(x) = E_{a ~ pi0} phi(x, a)``, against which uncertainty is measured
   (Bradley-Terry identifies only reward differences).
-- ``sigma_norm`` / ``inverse_sigma_norm``: ``||v||_Sigma`` and ``||v||_{Sigma^{-1}}``, batched.
+- ``sigma_norm``, ``inverse_sigma_norm`` and ``whitener``: ``||v||_Sigma``,
+  ``||v||_{Sigma^{-1}}`` and ``L^{-1}`` with ``Sigma = L L^T``, batched.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import math
 
 import torch
 
-from ._validation import check_positive_number, check_probs
+from ._validation import check_generator, check_positive_int, check_positive_number, check_probs
 
 #: Default convergence tolerance of ``fit_bt_mle`` on the Euclidean norm of the gradient of the
 #: objective. Float64 round-off in that gradient is about ``n * 1e-16`` (1e-12 at n = 1e4), so
@@ -154,7 +158,7 @@ def _newton_chunk(z: torch.Tensor, signs: torch.Tensor, reg: float, tol: float,
 
 def fit_bt_mle(feature_diffs, labels, reg: float, tol: float = MLE_TOLERANCE,
                max_iter: int = 100) -> torch.Tensor:
-    """Ridge-regularised Bradley-Terry MLE, batched over leading dimensions (PAPER.md section 3).
+    """Ridge-regularised Bradley-Terry MLE, batched over leading dimensions.
 
     ``theta_hat = argmin_theta sum_i -log sigmoid(s_i <theta, z_i>) + reg/2 ||theta||^2`` with
     ``s_i = 2 y_i - 1``, for ``feature_diffs`` ``z [..., n, d]`` and ``labels`` ``y [..., n]``;
@@ -205,12 +209,28 @@ def sigma_d(feature_diffs, reg: float) -> torch.Tensor:
             + reg * torch.eye(dim, dtype=torch.float64))
 
 
+def reward_difference_bound(features, norm_bound: float) -> float:
+    """``B max_{x, a, a'} ||phi(x, a) - phi(x, a')||``: the largest reward difference
+    ``|<theta, phi(x, a) - phi(x, a')>|`` any ``||theta|| <= B`` can produce on these features
+    ``[X, K, d]`` (at most ``2B`` when ``||phi|| <= 1``). The learner knows the features and
+    ``B``, so this is a legitimate input to the radius."""
+    features = torch.as_tensor(features, dtype=torch.float64)
+    if features.ndim != 3:
+        raise ValueError(f"features must have shape [X, K, d], got {tuple(features.shape)}")
+    if not (norm_bound >= 0 and math.isfinite(norm_bound)):
+        raise ValueError(f"norm_bound must be finite and non-negative, got {norm_bound!r}")
+    diffs = features.unsqueeze(-2) - features.unsqueeze(-3)  # [X, K, K, d]
+    return float(norm_bound * diffs.norm(dim=-1).max())
+
+
 def slope_bound(margin_bound) -> float:
     """``gamma = min_{|u| <= m} sigmoid'(u) = 1 / (2 + exp(m) + exp(-m))``.
 
-    The paper writes ``gamma = 1/(2 + exp(-B) + exp(B))``, i.e. ``margin_bound = B``; with
-    ``||phi|| <= 1`` a reward difference can reach ``2B``, so ``margin_bound = 2B`` is the
-    strictly valid (and far more conservative) choice. The notebooks use the paper's ``B``.
+    The companion's convention: ``m = reward_difference_bound(features, B)``, the range of the
+    reward differences the Bradley-Terry likelihood sees (``|<theta, z>|`` for ``||theta|| <=
+    B``), so ``gamma`` truly lower-bounds the link's slope on the instance. With ``||phi|| <= 1``
+    this is up to ``2B``; the form ``1/(2 + exp(-B) + exp(B))`` assumes differences of at most
+    ``B`` (rewards in ``[0, B]``).
     """
     margin_bound = float(margin_bound)
     if not (margin_bound >= 0 and math.isfinite(margin_bound)):
@@ -220,14 +240,16 @@ def slope_bound(margin_bound) -> float:
     return small / (1 + small) ** 2
 
 
-def confidence_radius(dim: int, delta: float, gamma: float, reg: float, norm_bound: float,
+def confidence_radius(*, dim: int, delta: float, gamma: float, reg: float, norm_bound: float,
                       constant: float = 1.0) -> float:
-    """``beta = C sqrt((d + log(1/delta)) / gamma^2 + reg B^2)`` (PAPER.md section 3).
+    """``beta = C sqrt((d + log(1/delta)) / gamma^2 + reg B^2)``, the radius of the confidence
+    event ``||theta_hat - theta*||_{Sigma_D} <= beta`` (Zhu, Jordan, Jiao 2023; the paper's
+    section 3).
 
     Convention: ``Sigma_D`` unnormalised (``reg I + sum z z^T``) and ``C = constant`` (the theory
-    leaves the universal constant unspecified; ``C = 1`` by default, and notebook 02 also
-    calibrates it). With probability at least ``1 - delta`` (for a large enough ``C``),
-    ``||theta_hat - theta*||_{Sigma_D} <= beta``.
+    leaves the universal constant unspecified; ``C = 1`` by default). With probability at least
+    ``1 - delta`` (for a large enough ``C``) the event holds; notebook 02 measures how often it
+    does.
     """
     delta = float(delta)
     if not 0 < delta < 1:
@@ -242,6 +264,37 @@ def confidence_radius(dim: int, delta: float, gamma: float, reg: float, norm_bou
     if not (constant > 0 and math.isfinite(constant)):
         raise ValueError(f"constant must be positive and finite, got {constant!r}")
     return constant * math.sqrt((dim + math.log(1 / delta)) / gamma**2 + reg * norm_bound**2)
+
+
+def bootstrap_radius(feature_diffs, *, theta_hat, reg: float, delta: float, num_bootstrap: int,
+                     generator: torch.Generator, chunk: int = 10) -> torch.Tensor:
+    """A data-driven confidence radius: the parametric bootstrap of the MLE (Efron 1979).
+
+    For each data set (``feature_diffs [..., n, d]`` with its MLE ``theta_hat [..., d]``), draw
+    ``num_bootstrap`` label vectors from the fitted model, ``y*_i ~ Bernoulli(sigmoid(<theta_hat,
+    z_i>))`` on the same pairs, refit the ridge MLE ``theta*`` and return the ``1 - delta``
+    quantile of ``||theta* - theta_hat||_{Sigma_D}`` (shape ``[...]``). It uses the data only, never
+    the true ``theta*``; bootstrap samples are refitted ``chunk`` at a time (memory).
+    """
+    check_generator(generator)
+    num_bootstrap = check_positive_int(num_bootstrap, "num_bootstrap")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    feature_diffs = _check_feature_diffs(feature_diffs)
+    theta_hat = torch.as_tensor(theta_hat, dtype=torch.float64)
+    if theta_hat.shape != feature_diffs.shape[:-2] + feature_diffs.shape[-1:]:
+        raise ValueError(f"theta_hat must have shape {tuple(feature_diffs.shape[:-2])} + "
+                         f"[{feature_diffs.shape[-1]}], got {tuple(theta_hat.shape)}")
+    probs = torch.sigmoid(torch.einsum("...nd,...d->...n", feature_diffs, theta_hat))
+    sigma = sigma_d(feature_diffs, reg)
+    distances = []
+    for start in range(0, num_bootstrap, chunk):
+        size = min(chunk, num_bootstrap - start)
+        labels = (torch.rand(size, *probs.shape, dtype=torch.float64, generator=generator)
+                  < probs).to(torch.float64)
+        refit = fit_bt_mle(feature_diffs.expand(size, *feature_diffs.shape), labels, reg)
+        distances.append(sigma_norm(refit - theta_hat, sigma))
+    return torch.quantile(torch.cat(distances), 1 - delta, dim=0)
 
 
 def reference_vectors(features, ref_probs) -> torch.Tensor:
@@ -287,3 +340,11 @@ def inverse_sigma_norm(vectors, sigma) -> torch.Tensor:
     vec_b = vectors.expand(*shape, vectors.shape[-1]).unsqueeze(-1)
     solved = torch.linalg.solve_triangular(chol_b, vec_b, upper=False)
     return solved.squeeze(-1).norm(dim=-1)
+
+
+def whitener(sigma) -> torch.Tensor:
+    """``L^{-1}`` with ``Sigma = L L^T`` (Cholesky), so ``||v||_{Sigma^{-1}} = ||L^{-1} v||``;
+    batched over ``sigma [..., d, d]``."""
+    chol = torch.linalg.cholesky(torch.as_tensor(sigma, dtype=torch.float64))
+    eye = torch.eye(chol.shape[-1], dtype=torch.float64).expand_as(chol)
+    return torch.linalg.solve_triangular(chol, eye, upper=False)

@@ -1,21 +1,23 @@
-"""Offline learning with pessimism: the two pessimistic policies and their bounds (PAPER.md 3).
+"""Offline learning with pessimism (Xiong et al., arXiv:2312.11456, section 3 "Offline
+Learning with Pessimism"; derived in notebook 02).
 
-Notation: ``features`` ``phi [X, K, d]``, ``ref_probs`` ``pi0 [X, K]``, ``context_probs``
-``d0 [X]``, ``nu [X, d]`` the reference vectors, ``theta_hat [..., d]`` the MLE,
-``sigma [..., d, d]`` the design matrix ``Sigma_D``, ``beta`` the confidence radius (a number or a
-tensor broadcasting against the leading dimensions ``[...]``), ``eta`` the KL coefficient. Every
-function is batched over the leading dimensions of ``theta_hat`` / ``sigma`` (seeds, data sizes,
-radii).
+Every function takes the ``LinearBTBandit`` whose features ``phi``, reference policy ``pi0``,
+context law ``d0`` and coefficient ``eta`` the learner knows; none reads ``theta*``. Estimates are
+``theta_hat [..., d]`` (the MLE), ``sigma [..., d, d]`` (the design matrix ``Sigma_D``) and
+``beta`` (the confidence radius: a number or a tensor broadcasting against the leading
+dimensions); every function is batched over those leading dimensions (seeds, data sizes, radii).
+Uncertainty is measured against the reference vectors ``nu(x) = E_{a ~ pi0} phi(x, a)``
+(Bradley-Terry identifies only reward differences).
 
-- Pointwise pessimism:
-  ``r_hat(x,a) = <theta_hat, phi(x,a)> - beta ||phi(x,a) - nu(x)||_{Sigma^{-1}}`` and its Gibbs
-  policy.
+- Pointwise pessimism: ``r_hat(x,a) = <theta_hat, phi(x,a)> - beta ||phi(x,a) - nu(x)||_{Sigma^-1}``
+  and its Gibbs policy.
 - Expected (policy-level) pessimism: the maximiser over ``pi`` of
-  ``f(pi) = <theta_hat, v(pi)> - beta ||v(pi)||_{Sigma^{-1}} - eta E_x KL(pi || pi0)`` with
-  ``v(pi) = E_{x ~ d0, a ~ pi}[phi(x,a) - nu(x)]``. Solved through its dual (see
-  ``expected_pessimism_policy``), with a certified duality gap as the convergence check.
-- The bounds of both, from the value-difference lemma on the event
-  ``||theta_hat - theta*||_{Sigma} <= beta``.
+  ``f(pi) = <theta_hat, v(pi)> - beta ||v(pi)||_{Sigma^-1} - eta E_x KL(pi || pi0)`` with
+  ``v(pi) = E_{x ~ d0, a ~ pi}[phi(x,a) - nu(x)]``, solved through its dual with a certified
+  duality gap.
+- The bounds of both on the event ``||theta_hat - theta*||_Sigma <= beta`` (value-difference lemma).
+- ``trap_instance``: a bandit whose coverage is a dial; ``fit_offline_grid`` and
+  ``evaluate_offline``: the experiment of notebook 02, batched over seeds.
 """
 
 from __future__ import annotations
@@ -24,19 +26,24 @@ from dataclasses import dataclass
 
 import torch
 
-from .gibbs import gibbs_policy, kl_divergence, mirror_ascent
-from .instance import LinearBTBandit
+from ._validation import as_float64, check_positive_int
+from .estimation import (
+    bootstrap_radius,
+    fit_bt_mle,
+    reference_vectors,
+    sigma_d,
+    sigma_norm,
+    whitener,
+)
+from .gibbs import gibbs_policy, mirror_ascent
+from .instance import LinearBTBandit, reference_policy
 
 #: Stopping tolerance of the expected-pessimism solver on the duality gap (in units of reward).
 DUALITY_GAP_TOLERANCE = 1e-9
 
 
-def _as64(value) -> torch.Tensor:
-    return torch.as_tensor(value, dtype=torch.float64)
-
-
 def _beta(beta, leading: torch.Size) -> torch.Tensor:
-    beta = _as64(beta)
+    beta = as_float64(beta)
     if not torch.isfinite(beta).all() or (beta < 0).any():
         raise ValueError(f"beta must be finite and non-negative, got {beta}")
     try:
@@ -48,92 +55,81 @@ def _beta(beta, leading: torch.Size) -> torch.Tensor:
     return beta
 
 
-def _eta(eta) -> float:
-    eta = float(eta)
-    if not eta > 0 or eta == float("inf"):
-        raise ValueError(f"eta must be positive and finite, got {eta!r}")
-    return eta
-
-
-def _check_problem(features, nu, theta_hat, sigma):
-    features, nu, theta_hat, sigma = map(_as64, (features, nu, theta_hat, sigma))
-    if features.ndim != 3:
-        raise ValueError(f"features must have shape [X, K, d], got {tuple(features.shape)}")
-    num_contexts, _, dim = features.shape
-    if nu.shape != (num_contexts, dim):
-        raise ValueError(f"nu must have shape [{num_contexts}, {dim}], got {tuple(nu.shape)}")
+def _estimates(bandit: LinearBTBandit, theta_hat, sigma):
+    """``theta_hat``, ``sigma`` as float64 with their shapes checked against the bandit and
+    against each other."""
+    theta_hat, sigma = as_float64(theta_hat), as_float64(sigma)
+    dim = bandit.dim
     if theta_hat.shape[-1:] != (dim,):
         raise ValueError(f"theta_hat must have last dimension {dim}, got {tuple(theta_hat.shape)}")
     if sigma.shape[-2:] != (dim, dim):
         raise ValueError(f"sigma must have shape [..., {dim}, {dim}], got {tuple(sigma.shape)}")
-    return features, nu, theta_hat, sigma
+    try:
+        torch.broadcast_shapes(theta_hat.shape[:-1], sigma.shape[:-2])
+    except RuntimeError as exc:
+        raise ValueError(f"theta_hat {tuple(theta_hat.shape)} and sigma {tuple(sigma.shape)} "
+                         "must have broadcastable leading dimensions") from exc
+    return theta_hat, sigma
 
 
-def whitening(sigma) -> torch.Tensor:
-    """``L^{-1}`` with ``Sigma = L L^T`` (Cholesky), so ``||v||_{Sigma^{-1}} = ||L^{-1} v||``."""
-    sigma = _as64(sigma)
-    chol = torch.linalg.cholesky(sigma)
-    eye = torch.eye(sigma.shape[-1], dtype=torch.float64).expand_as(chol)
-    return torch.linalg.solve_triangular(chol, eye, upper=False)
+def _diffs(bandit: LinearBTBandit) -> torch.Tensor:
+    """``phi(x, a) - nu(x)``: ``[X, K, d]``."""
+    return bandit.features - reference_vectors(bandit.features, bandit.ref_probs).unsqueeze(-2)
 
 
-def uncertainty(features, nu, sigma) -> torch.Tensor:
+def action_uncertainty(bandit: LinearBTBandit, sigma) -> torch.Tensor:
     """``b(x, a) = ||phi(x,a) - nu(x)||_{Sigma^{-1}}`` for every ``sigma [..., d, d]``:
     shape ``[..., X, K]``."""
-    diffs = _as64(features) - _as64(nu).unsqueeze(-2)
-    whitened = torch.einsum("...ij,xkj->...xki", whitening(sigma), diffs)
+    whitened = torch.einsum("...ij,xkj->...xki", whitener(sigma), _diffs(bandit))
     return whitened.norm(dim=-1)
 
 
-def pointwise_pessimistic_rewards(features, nu, theta_hat, sigma, beta) -> torch.Tensor:
+def pointwise_pessimistic_rewards(bandit: LinearBTBandit, *, theta_hat, sigma,
+                                  beta) -> torch.Tensor:
     """``r_hat(x,a) = <theta_hat, phi(x,a)> - beta ||phi(x,a) - nu(x)||_{Sigma^{-1}}``:
     ``[..., X, K]``."""
-    features, nu, theta_hat, sigma = _check_problem(features, nu, theta_hat, sigma)
-    leading = torch.broadcast_shapes(theta_hat.shape[:-1], sigma.shape[:-2])
-    beta = _beta(beta, leading)
-    rewards = torch.einsum("xkd,...d->...xk", features, theta_hat)
-    return rewards - beta.unsqueeze(-1).unsqueeze(-1) * uncertainty(features, nu, sigma)
+    theta_hat, sigma = _estimates(bandit, theta_hat, sigma)
+    beta = _beta(beta, torch.broadcast_shapes(theta_hat.shape[:-1], sigma.shape[:-2]))
+    rewards = torch.einsum("xkd,...d->...xk", bandit.features, theta_hat)
+    return rewards - beta.unsqueeze(-1).unsqueeze(-1) * action_uncertainty(bandit, sigma)
 
 
-def pointwise_pessimistic_policy(features, ref_probs, nu, theta_hat, sigma, beta,
-                                 eta) -> torch.Tensor:
-    """Gibbs policy of the pointwise-pessimistic reward (``beta = 0``: MLE then Gibbs, the ideal
-    offline DPO): ``[..., X, K]``."""
-    rewards = pointwise_pessimistic_rewards(features, nu, theta_hat, sigma, beta)
-    return gibbs_policy(ref_probs, rewards, _eta(eta))
+def pointwise_pessimistic_policy(bandit: LinearBTBandit, *, theta_hat, sigma,
+                                 beta) -> torch.Tensor:
+    """Gibbs policy of the pointwise-pessimistic reward at the bandit's ``eta`` (``beta = 0``:
+    MLE then Gibbs, which is what offline DPO computes in the ideal limit): ``[..., X, K]``."""
+    rewards = pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat, sigma=sigma, beta=beta)
+    return gibbs_policy(bandit.ref_probs, rewards, bandit.eta)
 
 
-def policy_direction(policy, features, context_probs, nu) -> torch.Tensor:
+def policy_direction(bandit: LinearBTBandit, policy) -> torch.Tensor:
     """``v(pi) = E_{x ~ d0, a ~ pi}[phi(x,a) - nu(x)]``: ``policy [..., X, K] -> [..., d]``."""
-    diffs = _as64(features) - _as64(nu).unsqueeze(-2)
-    return torch.einsum("x,...xk,xkd->...d", _as64(context_probs), _as64(policy), diffs)
+    return torch.einsum("x,...xk,xkd->...d", bandit.context_probs, as_float64(policy),
+                        _diffs(bandit))
 
 
-def expected_pessimism_objective(policy, features, ref_probs, context_probs, nu, theta_hat,
-                                 sigma, beta, eta) -> torch.Tensor:
+def expected_pessimism_objective(bandit: LinearBTBandit, policy, *, theta_hat, sigma,
+                                 beta) -> torch.Tensor:
     """``f(pi) = <theta_hat, v(pi)> - beta ||v(pi)||_{Sigma^{-1}} - eta E_x KL(pi || pi0)``."""
-    features, nu, theta_hat, sigma = _check_problem(features, nu, theta_hat, sigma)
-    policy = _as64(policy)
-    leading = torch.broadcast_shapes(theta_hat.shape[:-1], sigma.shape[:-2], policy.shape[:-2])
-    beta = _beta(beta, leading)
-    direction = policy_direction(policy, features, context_probs, nu)
-    norm = torch.einsum("...ij,...j->...i", whitening(sigma), direction).norm(dim=-1)
-    kl = (kl_divergence(policy, ref_probs) * _as64(context_probs)).sum(-1)
-    return (theta_hat * direction).sum(-1) - beta * norm - _eta(eta) * kl
+    theta_hat, sigma = _estimates(bandit, theta_hat, sigma)
+    policy = as_float64(policy)
+    beta = _beta(beta, torch.broadcast_shapes(theta_hat.shape[:-1], sigma.shape[:-2],
+                                              policy.shape[:-2]))
+    direction = policy_direction(bandit, policy)
+    norm = torch.einsum("...ij,...j->...i", whitener(sigma), direction).norm(dim=-1)
+    return (theta_hat * direction).sum(-1) - beta * norm - bandit.eta * bandit.expected_kl(policy)
 
 
-def expected_pessimism_dual(theta, features, ref_probs, context_probs, nu, eta) -> torch.Tensor:
+def expected_pessimism_dual(bandit: LinearBTBandit, theta) -> torch.Tensor:
     """``F(theta) = eta E_x log sum_a pi0(a|x) exp(<theta, phi(x,a) - nu(x)>/eta)``.
 
     ``F(theta) = max_pi <theta, v(pi)> - eta E KL(pi || pi0)`` (Gibbs variational formula), so
     for every ``theta`` with ``||theta - theta_hat||_Sigma <= beta``, ``F(theta) >= f(pi)`` for
     all ``pi``: weak duality, used to certify the solver.
     """
-    eta = _eta(eta)
-    diffs = _as64(features) - _as64(nu).unsqueeze(-2)
-    scores = torch.einsum("xkd,...d->...xk", diffs, _as64(theta))
-    logits = torch.log(_as64(ref_probs)) + scores / eta
-    return eta * (torch.logsumexp(logits, -1) * _as64(context_probs)).sum(-1)
+    scores = torch.einsum("xkd,...d->...xk", _diffs(bandit), as_float64(theta))
+    logits = torch.log(bandit.ref_probs) + scores / bandit.eta
+    return bandit.eta * (torch.logsumexp(logits, -1) * bandit.context_probs).sum(-1)
 
 
 @dataclass(frozen=True)
@@ -265,12 +261,12 @@ def _solve_active(theta_hat, sigma, beta, features, ref_probs, context_probs, di
     return theta
 
 
-def expected_pessimism_policy(features, ref_probs, context_probs, nu, theta_hat, sigma, beta,
-                              eta, tol: float = DUALITY_GAP_TOLERANCE,
+def expected_pessimism_policy(bandit: LinearBTBandit, *, theta_hat, sigma, beta,
+                              tol: float = DUALITY_GAP_TOLERANCE,
                               max_outer: int = 100) -> ExpectedPessimism:
     """Maximise ``f(pi) = <theta_hat, v(pi)> - beta ||v(pi)||_{Sigma^{-1}} - eta E KL(pi||pi0)``.
 
-    Method (documented in notebook 02). Since ``-beta ||v||_{Sigma^{-1}} = min_{||u||_Sigma <=
+    Method (derived in notebook 02). Since ``-beta ||v||_{Sigma^{-1}} = min_{||u||_Sigma <=
     beta} <u, v>`` and ``f`` is concave in ``pi``, the minimax theorem gives
     ``max_pi f = min_{||theta - theta_hat||_Sigma <= beta} F(theta)`` with ``F`` of
     ``expected_pessimism_dual``; the maximiser is the Gibbs policy of the minimising
@@ -288,15 +284,15 @@ def expected_pessimism_policy(features, ref_probs, context_probs, nu, theta_hat,
     (``theta_tilde`` itself is used too where it is feasible). A ``RuntimeError`` is raised if the
     gap exceeds ``tol * (1 + |f(pi)|)``; it is returned as ``duality_gap``.
     """
-    features, nu, theta_hat, sigma = _check_problem(features, nu, theta_hat, sigma)
-    ref_probs, context_probs = _as64(ref_probs), _as64(context_probs)
-    eta = _eta(eta)
-    leading = torch.broadcast_shapes(theta_hat.shape[:-1], sigma.shape[:-2],
-                                     _as64(beta).shape)
-    beta = _beta(beta, leading).expand(leading)
+    theta_hat, sigma = _estimates(bandit, theta_hat, sigma)
+    features, ref_probs, context_probs, eta = (bandit.features, bandit.ref_probs,
+                                               bandit.context_probs, bandit.eta)
+    beta = _beta(beta, torch.broadcast_shapes(theta_hat.shape[:-1], sigma.shape[:-2]))
+    leading = torch.broadcast_shapes(theta_hat.shape[:-1], sigma.shape[:-2], beta.shape)
+    beta = beta.expand(leading)
     theta_hat = theta_hat.expand(*leading, theta_hat.shape[-1])
     sigma = sigma.expand(*leading, *sigma.shape[-2:])
-    diffs = features - nu.unsqueeze(-2)
+    diffs = _diffs(bandit)
 
     def distance(t):
         u = t - theta_hat
@@ -309,11 +305,10 @@ def expected_pessimism_policy(features, ref_probs, context_probs, nu, theta_hat,
         parameter[active] = _solve_active(theta_hat[active], sigma[active], beta[active],
                                           features, ref_probs, context_probs, diffs, eta,
                                           max_outer)
-    rewards = torch.einsum("xkd,...d->...xk", features, parameter)
-    policy = gibbs_policy(ref_probs, rewards, eta)
-    direction = policy_direction(policy, features, context_probs, nu)
-    value = expected_pessimism_objective(policy, features, ref_probs, context_probs, nu,
-                                         theta_hat, sigma, beta, eta)
+    policy = gibbs_policy(ref_probs, torch.einsum("xkd,...d->...xk", features, parameter), eta)
+    direction = policy_direction(bandit, policy)
+    value = expected_pessimism_objective(bandit, policy, theta_hat=theta_hat, sigma=sigma,
+                                         beta=beta)
     # Certificate: the best response theta_br = theta_hat - beta Sigma^{-1} v / ||v||_{Sigma^{-1}}
     # is feasible, so F(theta_br) >= max f >= f(policy) (weak duality); gap = F(theta_br) - f.
     scaled = torch.cholesky_solve(direction.unsqueeze(-1), torch.linalg.cholesky(sigma))
@@ -321,10 +316,9 @@ def expected_pessimism_policy(features, ref_probs, context_probs, nu, theta_hat,
     dual_norm = (direction * scaled).sum(-1).clamp_min(0).sqrt()
     best_response = theta_hat - (beta / dual_norm.clamp_min(1e-300)).unsqueeze(-1) * scaled
     best_response = torch.where((dual_norm > 0).unsqueeze(-1), best_response, parameter)
-    dual_value = expected_pessimism_dual(best_response, features, ref_probs, context_probs, nu,
-                                         eta)
+    dual_value = expected_pessimism_dual(bandit, best_response)
     # theta_tilde itself is a second dual point where it is feasible (theta_tilde = 0 inside).
-    own = expected_pessimism_dual(parameter, features, ref_probs, context_probs, nu, eta)
+    own = expected_pessimism_dual(bandit, parameter)
     dual_value = torch.minimum(dual_value, torch.where(distance(parameter) <= beta, own, torch.inf))
     gap = (dual_value - value).clamp_min(0)
     if bool((gap > tol * (1 + value.abs())).any()):
@@ -334,8 +328,8 @@ def expected_pessimism_policy(features, ref_probs, context_probs, nu, theta_hat,
     return ExpectedPessimism(policy, parameter, gap)
 
 
-def expected_pessimism_mirror_ascent(features, ref_probs, context_probs, nu, theta_hat, sigma,
-                                     beta, eta, step_size: float = 0.1,
+def expected_pessimism_mirror_ascent(bandit: LinearBTBandit, *, theta_hat, sigma, beta,
+                                     step_size: float = 0.1,
                                      num_steps: int = 2000) -> torch.Tensor:
     """The same maximiser by exponentiated-gradient (mirror) ascent on the simplex of each
     context (``gsfh_utils.mirror_ascent``), started at the MLE's Gibbs policy; a slower,
@@ -344,53 +338,40 @@ def expected_pessimism_mirror_ascent(features, ref_probs, context_probs, nu, the
     The gradient of ``f`` in ``pi(.|x)``, divided by ``d0(x)`` (a per-context step size), is
     ``<theta_hat - beta Sigma^{-1} v / ||v||_{Sigma^{-1}}, phi - nu> - eta (log(pi/pi0) + 1)``.
     """
-    features, nu, theta_hat, sigma = _check_problem(features, nu, theta_hat, sigma)
-    ref_probs = _as64(ref_probs)
-    eta = _eta(eta)
-    leading = torch.broadcast_shapes(theta_hat.shape[:-1], sigma.shape[:-2])
-    beta = _beta(beta, leading)
-    diffs = features - nu.unsqueeze(-2)
+    theta_hat, sigma = _estimates(bandit, theta_hat, sigma)
+    beta = _beta(beta, torch.broadcast_shapes(theta_hat.shape[:-1], sigma.shape[:-2]))
+    diffs, eta = _diffs(bandit), bandit.eta
     sigma_inverse = torch.cholesky_inverse(torch.linalg.cholesky(sigma))
 
     def gradient(policy):
-        direction = policy_direction(policy, features, context_probs, nu)
+        direction = policy_direction(bandit, policy)
         scaled = torch.einsum("...ij,...j->...i", sigma_inverse, direction)
         norm = (direction * scaled).sum(-1).clamp_min(1e-300).sqrt()
         weight = theta_hat - (beta / norm).unsqueeze(-1) * scaled
         linear = torch.einsum("xkd,...d->...xk", diffs, weight)
-        return linear - eta * (torch.log(policy) - torch.log(ref_probs) + 1)
+        return linear - eta * (torch.log(policy) - torch.log(bandit.ref_probs) + 1)
 
-    start = gibbs_policy(ref_probs, torch.einsum("xkd,...d->...xk", features, theta_hat), eta)
+    start = gibbs_policy(bandit.ref_probs, bandit.rewards(theta_hat), eta)
     policy, _ = mirror_ascent(gradient, start, step_size / eta, num_steps)
     return policy
 
 
-def pointwise_bound(comparator, features, context_probs, nu, sigma, beta) -> torch.Tensor:
+def pointwise_bound(bandit: LinearBTBandit, comparator, *, sigma, beta) -> torch.Tensor:
     """``2 beta E_{x ~ d0, a ~ pi} ||phi(x,a) - nu(x)||_{Sigma^{-1}}``: on the confidence event,
     an upper bound on ``J(pi) - J(pi_hat)`` for the pointwise-pessimistic ``pi_hat`` and any
-    comparator ``pi`` (PAPER.md section 3; derived in notebook 02)."""
-    bonus = uncertainty(features, nu, sigma)
-    expected = (bonus * _as64(comparator) * _as64(context_probs).unsqueeze(-1)).sum((-1, -2))
-    return 2 * _as64(beta) * expected
+    comparator ``pi`` (section 3 of the paper; derived in notebook 02)."""
+    bonus = action_uncertainty(bandit, sigma)
+    expected = (bonus * as_float64(comparator) * bandit.context_probs.unsqueeze(-1)).sum((-1, -2))
+    return 2 * as_float64(beta) * expected
 
 
-def expected_bound(comparator, features, context_probs, nu, sigma, beta) -> torch.Tensor:
+def expected_bound(bandit: LinearBTBandit, comparator, *, sigma, beta) -> torch.Tensor:
     """``2 beta ||E_{x ~ d0, a ~ pi}[phi(x,a) - nu(x)]||_{Sigma^{-1}}``: on the confidence event,
     an upper bound on ``J(pi) - J(pi_hat)`` for the expected-pessimism ``pi_hat`` (plus its
     duality gap, when solved numerically)."""
-    direction = policy_direction(comparator, features, context_probs, nu)
-    norm = torch.einsum("...ij,...j->...i", whitening(sigma), direction).norm(dim=-1)
-    return 2 * _as64(beta) * norm
-
-
-def mle_bound(comparator, policy, features, context_probs, nu, sigma, beta) -> torch.Tensor:
-    """``beta E_x[E_pi b + E_{pi_hat} b]``, ``b = ||phi - nu||_{Sigma^{-1}}``: on the confidence
-    event, the value-difference bound for the MLE's Gibbs policy ``pi_hat`` (no pessimism). It
-    depends on ``pi_hat`` itself, which is what pessimism removes."""
-    bonus = uncertainty(features, nu, sigma)
-    weights = _as64(context_probs).unsqueeze(-1)
-    total = (bonus * (_as64(comparator) + _as64(policy)) * weights).sum((-1, -2))
-    return _as64(beta) * total
+    direction = policy_direction(bandit, comparator)
+    norm = torch.einsum("...ij,...j->...i", whitener(sigma), direction).norm(dim=-1)
+    return 2 * as_float64(beta) * norm
 
 
 @dataclass(frozen=True)
@@ -420,16 +401,20 @@ class TrapInstance:
                 + (1 - trap_mass) * ordinary / ordinary.sum(-1, keepdim=True))
 
 
-def trap_instance(num_contexts: int, num_actions: int, dim: int, num_traps: int,
+def trap_instance(*, num_contexts: int, num_actions: int, dim: int, num_traps: int,
                   norm_bound: float, trap_weight: float, eta: float, generator: torch.Generator,
+                  reference: str = "softmax", zipf_exponent: float = 1.0,
                   ref_trap_mass: float = 0.2, trap_lure: float = 0.6,
                   trap_load: float = 0.8) -> TrapInstance:
     """Build a ``TrapInstance``: ``theta* = [sqrt(B^2 - w^2) u, -w]`` (``||theta*|| = B``,
     ``w = trap_weight``), ordinary features ``[rho e, 0]`` with ``e`` uniform on the sphere and
     ``rho`` uniform in [0.5, 1], trap features ``[trap_lure u, trap_load]`` (norm <= 1), ``pi0``
-    a softmax of standard normal logits rescaled so the traps hold ``ref_trap_mass``, ``d0``
-    uniform."""
-    if not 0 < num_traps < num_actions:
+    from the ``reference`` family (``instance.reference_policy``) rescaled so that the traps hold
+    ``ref_trap_mass``, ``d0`` uniform."""
+    for name, value in [("num_contexts", num_contexts), ("num_actions", num_actions),
+                        ("dim", dim), ("num_traps", num_traps)]:
+        check_positive_int(value, name)
+    if not num_traps < num_actions:
         raise ValueError(f"num_traps must be in (0, num_actions), got {num_traps!r}")
     if dim < 2:
         raise ValueError(f"dim must be at least 2, got {dim!r}")
@@ -455,15 +440,16 @@ def trap_instance(num_contexts: int, num_actions: int, dim: int, num_traps: int,
     trap_feature = torch.cat([trap_lure * direction,
                               torch.tensor([trap_load], dtype=torch.float64)])
     features[:, :num_traps] = trap_feature
-    logits = torch.randn(num_contexts, num_actions, dtype=torch.float64, generator=generator)
-    probs = torch.softmax(logits, -1)
+    probs = reference_policy(reference, num_contexts=num_contexts, num_actions=num_actions,
+                             generator=generator, exponent=zipf_exponent)
     traps = trap_mask.to(torch.float64)
     ordinary_mask = 1 - traps
     probs = (ref_trap_mass * probs * traps / (probs * traps).sum(-1, keepdim=True)
              + (1 - ref_trap_mass) * probs * ordinary_mask
              / (probs * ordinary_mask).sum(-1, keepdim=True))
     bandit = LinearBTBandit(features, theta_star, probs,
-                     torch.full((num_contexts,), 1.0 / num_contexts, dtype=torch.float64), eta)
+                            torch.full((num_contexts,), 1.0 / num_contexts, dtype=torch.float64),
+                            eta)
     return TrapInstance(bandit, trap_mask)
 
 
@@ -472,8 +458,9 @@ class OfflineFits:
     """MLE fits on a grid of behaviour policies and data sizes, ``num_seeds`` data sets each.
 
     ``theta_hat [M, N, S, d]``, ``sigma [M, N, S, d, d]`` (``Sigma_D``), ``error_sigma [M, N, S]``
-    (``||theta_hat - theta*||_{Sigma_D}``), ``error_euclid [M, N, S]``; ``M`` behaviour policies
-    (trap masses), ``N`` data sizes, ``S`` seeds.
+    (``||theta_hat - theta*||_{Sigma_D}``, for evaluation only), ``error_euclid [M, N, S]``,
+    ``bootstrap_radius [M, N, S]`` (the data-driven radius, ``nan`` for sizes not bootstrapped);
+    ``M`` behaviour policies (trap masses), ``N`` data sizes, ``S`` seeds.
     """
 
     trap_masses: tuple[float, ...]
@@ -482,66 +469,75 @@ class OfflineFits:
     sigma: torch.Tensor
     error_sigma: torch.Tensor
     error_euclid: torch.Tensor
+    bootstrap_radius: torch.Tensor
+
+    def at_size(self, size: int) -> OfflineFits:
+        """The fits of one data size (the size dimension kept, of length 1)."""
+        if size not in self.sizes:
+            raise ValueError(f"size {size} is not among the fitted sizes {self.sizes}")
+        index = slice(self.sizes.index(size), self.sizes.index(size) + 1)
+        return OfflineFits(self.trap_masses, (size,), self.theta_hat[:, index],
+                           self.sigma[:, index], self.error_sigma[:, index],
+                           self.error_euclid[:, index], self.bootstrap_radius[:, index])
 
 
-def fit_offline_grid(instance: TrapInstance, trap_masses, sizes, num_seeds: int, reg: float,
-                     generator: torch.Generator, progress: bool = False) -> OfflineFits:
+def fit_offline_grid(instance: TrapInstance, *, trap_masses, sizes, num_seeds: int, reg: float,
+                     generator: torch.Generator, bootstrap_sizes=(), num_bootstrap: int = 50,
+                     delta: float = 0.05, progress=None) -> OfflineFits:
     """For each trap mass of the behaviour policy and each data size ``n``: draw ``num_seeds``
     independent data sets of ``n`` pairs ``(a1, a2) ~ mu x mu`` with Bradley-Terry labels, and fit
-    the MLE (all seeds in one batched call)."""
-    from tqdm.auto import tqdm
-
-    from .estimation import fit_bt_mle, sigma_d, sigma_norm
-
+    the MLE (all seeds in one batched call). For the sizes in ``bootstrap_sizes``, also the
+    parametric-bootstrap radius of each data set (``estimation.bootstrap_radius``).
+    ``progress`` wraps the loop over cells (e.g. ``gsfh_utils.lab.progress``)."""
     bandit = instance.bandit
     cells = [(mass, n) for mass in trap_masses for n in sizes]
-    thetas, sigmas = [], []
-    for mass, n in tqdm(cells, desc="fit MLE", disable=not progress):
+    thetas, sigmas, radii = [], [], []
+    for mass, n in (progress or iter)(cells):
         behaviour = instance.behaviour(mass)
         data = bandit.sample_preferences(n, behaviour, behaviour, generator, (num_seeds,))
-        thetas.append(fit_bt_mle(data.feature_diffs, data.labels, reg))
+        theta = fit_bt_mle(data.feature_diffs, data.labels, reg)
+        thetas.append(theta)
         sigmas.append(sigma_d(data.feature_diffs, reg))
+        radii.append(bootstrap_radius(data.feature_diffs, theta_hat=theta, reg=reg, delta=delta,
+                                      num_bootstrap=num_bootstrap, generator=generator)
+                     if n in bootstrap_sizes else torch.full((num_seeds,), torch.nan,
+                                                             dtype=torch.float64))
     shape = (len(trap_masses), len(sizes), num_seeds)
     theta_hat = torch.stack(thetas).reshape(*shape, bandit.dim)
     sigma = torch.stack(sigmas).reshape(*shape, bandit.dim, bandit.dim)
     error = theta_hat - bandit.theta_star
     return OfflineFits(tuple(trap_masses), tuple(sizes), theta_hat, sigma,
-                       sigma_norm(error, sigma), error.norm(dim=-1))
+                       sigma_norm(error, sigma), error.norm(dim=-1),
+                       torch.stack(radii).reshape(shape))
 
 
-def evaluate_offline(instance: TrapInstance, fits: OfflineFits, radii, eta: float) -> dict:
+def evaluate_offline(instance: TrapInstance, fits: OfflineFits, *, radii: dict,
+                     eta: float | None = None) -> dict:
     """Exact suboptimality ``J(pi*) - J(pi_hat)`` of every method on every fit, and the bounds.
 
-    ``radii [R]``: confidence radii ``beta``. Returns tensors (leading ``[M, N, S]``, with a radius
-    dimension first where it applies): ``"none"`` (MLE then Gibbs), ``"pointwise" [R, ...]``,
-    ``"expected" [R, ...]``, ``"pointwise_bound" [R, ...]``, ``"expected_bound" [R, ...]`` (the
-    expected bound includes the solver's certified duality gap), ``"duality_gap" [R, ...]``.
-    ``eta`` may differ from the instance's (the comparator is then the Gibbs policy at ``eta``).
+    ``radii``: named confidence radii ``beta``, each a number or a tensor broadcasting against
+    ``[M, N, S]`` (e.g. the per-data-set bootstrap radius). Returns ``"none"`` (MLE then Gibbs,
+    ``[M, N, S]``) and, for each radius name, dicts ``"pointwise"``, ``"expected"``,
+    ``"pointwise_bound"``, ``"expected_bound"`` (including the solver's certified duality gap)
+    and ``"duality_gap"``, each ``[M, N, S]``. ``eta`` defaults to the instance's; otherwise the
+    comparator is the Gibbs policy ``pi*`` at that ``eta``.
     """
-    from .estimation import reference_vectors
-
-    bandit = instance.bandit
-    if eta != bandit.eta:
-        bandit = LinearBTBandit(bandit.features, bandit.theta_star, bandit.ref_probs,
-                                bandit.context_probs, eta)
-    radii = _as64(radii).reshape(-1)
-    nu = reference_vectors(bandit.features, bandit.ref_probs)
+    bandit = instance.bandit if eta is None else instance.bandit.with_eta(eta)
+    estimates = {"theta_hat": fits.theta_hat, "sigma": fits.sigma}
     optimal = bandit.optimal_policy()
-    args = (bandit.features, bandit.ref_probs)
-    beta = radii.reshape(-1, 1, 1, 1)
-    none = bandit.suboptimality(pointwise_pessimistic_policy(
-        *args, nu, fits.theta_hat, fits.sigma, 0.0, eta))
-    pointwise = bandit.suboptimality(pointwise_pessimistic_policy(
-        *args, nu, fits.theta_hat, fits.sigma, beta, eta))
-    expected = expected_pessimism_policy(*args, bandit.context_probs, nu, fits.theta_hat,
-                                         fits.sigma, beta, eta)
-    return {
-        "none": none,
-        "pointwise": pointwise,
-        "expected": bandit.suboptimality(expected.policy),
-        "pointwise_bound": pointwise_bound(optimal, bandit.features, bandit.context_probs, nu,
-                                           fits.sigma, beta),
-        "expected_bound": expected_bound(optimal, bandit.features, bandit.context_probs, nu,
-                                         fits.sigma, beta) + expected.duality_gap,
-        "duality_gap": expected.duality_gap,
-    }
+    results = {"none": bandit.suboptimality(
+        pointwise_pessimistic_policy(bandit, **estimates, beta=0.0))}
+    for key in ("pointwise", "expected", "pointwise_bound", "expected_bound", "duality_gap"):
+        results[key] = {}
+    for name, beta in radii.items():
+        beta = as_float64(beta)
+        expected = expected_pessimism_policy(bandit, **estimates, beta=beta)
+        results["pointwise"][name] = bandit.suboptimality(
+            pointwise_pessimistic_policy(bandit, **estimates, beta=beta))
+        results["expected"][name] = bandit.suboptimality(expected.policy)
+        results["pointwise_bound"][name] = pointwise_bound(bandit, optimal, sigma=fits.sigma,
+                                                           beta=beta)
+        results["expected_bound"][name] = (expected_bound(bandit, optimal, sigma=fits.sigma,
+                                                          beta=beta) + expected.duality_gap)
+        results["duality_gap"][name] = expected.duality_gap
+    return results

@@ -167,19 +167,82 @@ def test_slope_bound_is_the_minimum_slope():
 
 def test_confidence_radius_closed_form_and_bad_inputs():
     gamma = estimation.slope_bound(4.0)
-    beta = estimation.confidence_radius(8, 0.05, gamma, 1.0, 4.0)
+    args = dict(dim=8, delta=0.05, gamma=gamma, reg=1.0, norm_bound=4.0)
+    beta = estimation.confidence_radius(**args)
     assert math.isclose(beta, math.sqrt((8 + math.log(20)) / gamma**2 + 16), rel_tol=1e-14)
-    assert math.isclose(estimation.confidence_radius(8, 0.05, gamma, 1.0, 4.0, constant=0.1),
-                        0.1 * beta, rel_tol=1e-14)
+    assert math.isclose(estimation.confidence_radius(**args, constant=0.1), 0.1 * beta,
+                        rel_tol=1e-14)
     for delta in (0.0, 1.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="delta"):
-            estimation.confidence_radius(8, delta, gamma, 1.0, 4.0)
-    with pytest.raises(ValueError, match="reg"):
-        estimation.confidence_radius(8, 0.05, gamma, 0.0, 4.0)
-    with pytest.raises(ValueError, match="gamma"):
-        estimation.confidence_radius(8, 0.05, 0.0, 1.0, 4.0)
-    with pytest.raises(ValueError, match="dim"):
-        estimation.confidence_radius(0, 0.05, gamma, 1.0, 4.0)
+            estimation.confidence_radius(**{**args, "delta": delta})
+    for name, bad in [("reg", 0.0), ("gamma", 0.0), ("dim", 0), ("norm_bound", -1.0)]:
+        with pytest.raises(ValueError, match=name):
+            estimation.confidence_radius(**{**args, name: bad})
+    with pytest.raises(TypeError):  # five numbers side by side: keyword-only
+        estimation.confidence_radius(8, 0.05, gamma, 1.0, 4.0)
+
+
+def test_reward_difference_bound_by_brute_force():
+    generator = torch.Generator().manual_seed(21)
+    features = torch.randn(3, 4, 2, dtype=torch.float64, generator=generator)
+    largest = max((features[x, a] - features[x, b]).norm().item()
+                  for x in range(3) for a in range(4) for b in range(4))
+    assert math.isclose(estimation.reward_difference_bound(features, 2.5), 2.5 * largest,
+                        rel_tol=1e-14)
+    unit = features / features.norm(dim=-1, keepdim=True)
+    assert estimation.reward_difference_bound(unit, 1.0) <= 2 + 1e-12  # at most 2B
+    with pytest.raises(ValueError, match="features"):
+        estimation.reward_difference_bound(features[0], 1.0)
+    with pytest.raises(ValueError, match="norm_bound"):
+        estimation.reward_difference_bound(features, -1.0)
+
+
+def test_bootstrap_at_the_truth_is_the_sampling_law_of_the_mle():
+    """Redrawn at theta* itself, the parametric bootstrap is the MLE's sampling law on the same
+    pairs: its quantile must match the quantile of ||MLE - theta*||_Sigma over independent label
+    draws (two Monte-Carlo estimates of one number, 600 draws each)."""
+    generator = torch.Generator().manual_seed(22)
+    z = torch.randn(1, 150, 3, dtype=torch.float64, generator=generator) / 2
+    theta_star = torch.tensor([[1.0, -0.5, 0.3]], dtype=torch.float64)
+    radius = estimation.bootstrap_radius(z, theta_hat=theta_star, reg=1.0, delta=0.2,
+                                         num_bootstrap=600, generator=generator)
+    probs = torch.sigmoid(z[0] @ theta_star[0])
+    labels = (torch.rand(600, 150, dtype=torch.float64, generator=generator) < probs).double()
+    fits = estimation.fit_bt_mle(z[0].expand(600, 150, 3), labels, 1.0)
+    direct = estimation.sigma_norm(fits - theta_star[0], estimation.sigma_d(z[0], 1.0))
+    assert radius.shape == (1,)
+    assert math.isclose(radius.item(), direct.quantile(0.8).item(), rel_tol=0.08)
+
+
+def test_bootstrap_radius_shapes_determinism_and_bad_inputs():
+    generator = torch.Generator().manual_seed(23)
+    z = torch.randn(2, 3, 40, 2, dtype=torch.float64, generator=generator)
+    labels = (torch.rand(2, 3, 40, generator=generator) < 0.5).double()
+    theta = estimation.fit_bt_mle(z, labels, 1.0)
+    first = estimation.bootstrap_radius(z, theta_hat=theta, reg=1.0, delta=0.1,
+                                        num_bootstrap=7, generator=torch.Generator().manual_seed(1))
+    again = estimation.bootstrap_radius(z, theta_hat=theta, reg=1.0, delta=0.1, num_bootstrap=7,
+                                        generator=torch.Generator().manual_seed(1), chunk=3)
+    assert first.shape == (2, 3) and (first > 0).all()
+    assert torch.equal(first, again)  # chunking changes memory, not the numbers
+    with pytest.raises(ValueError, match="theta_hat"):
+        estimation.bootstrap_radius(z, theta_hat=theta[0], reg=1.0, delta=0.1, num_bootstrap=7,
+                                    generator=generator)
+    with pytest.raises(ValueError, match="delta"):
+        estimation.bootstrap_radius(z, theta_hat=theta, reg=1.0, delta=1.0, num_bootstrap=7,
+                                    generator=generator)
+    with pytest.raises(ValueError, match="num_bootstrap"):
+        estimation.bootstrap_radius(z, theta_hat=theta, reg=1.0, delta=0.1, num_bootstrap=0,
+                                    generator=generator)
+
+
+def test_whitener_gives_the_inverse_norm():
+    generator = torch.Generator().manual_seed(24)
+    root = torch.randn(3, 4, 4, dtype=torch.float64, generator=generator)
+    sigma = root @ root.transpose(-1, -2) + torch.eye(4, dtype=torch.float64)
+    whitener = estimation.whitener(sigma)
+    assert torch.allclose(whitener.transpose(-1, -2) @ whitener, torch.linalg.inv(sigma),
+                          atol=1e-12)
 
 
 def test_reference_vectors_and_norms():

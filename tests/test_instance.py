@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import EPS
 
-from gsfh_utils import LinearBTBandit, Preferences, kl_divergence
+from gsfh_utils import LinearBTBandit, Preferences, gibbs_policy, kl_divergence
+from gsfh_utils.instance import REFERENCE_FAMILIES, reference_policy
 from gsfh_utils.lab.stats import chi_square_pvalue, empirical_counts, normal_quantile
 
 F64 = torch.float64
@@ -27,7 +28,8 @@ def generator(seed: int) -> torch.Generator:
 def make_bandit(seed: int = 0, eta: float = 0.5, zeros: bool = True) -> LinearBTBandit:
     """4 contexts, 5 actions, d = 3; with ``zeros`` pi0 leaves one action out in two contexts
     and d0 is not uniform."""
-    bandit = LinearBTBandit.random(4, 5, 3, norm_bound=2.0, eta=eta, generator=generator(seed))
+    bandit = LinearBTBandit.random(num_contexts=4, num_actions=5, dim=3, norm_bound=2.0, eta=eta,
+                                   generator=generator(seed))
     if not zeros:
         return bandit
     ref = bandit.ref_probs.clone()
@@ -137,18 +139,60 @@ def test_fields_are_stored_as_float64_and_lists_are_accepted():
 
 
 def test_random_instance_satisfies_the_assumptions_and_is_reproducible():
-    bandit = LinearBTBandit.random(6, 7, 4, norm_bound=3.0, eta=0.2, generator=generator(9))
+    shape = dict(num_contexts=6, num_actions=7, dim=4)
+    bandit = LinearBTBandit.random(**shape, norm_bound=3.0, eta=0.2, generator=generator(9))
     norms = bandit.features.norm(dim=-1)
     assert torch.all(norms >= 0.5 - 1e-12) and torch.all(norms <= 1 + 1e-12)
     assert math.isclose(bandit.theta_star.norm().item(), 3.0, rel_tol=1e-12)
     torch.testing.assert_close(bandit.context_probs, torch.full((6,), 1 / 6, dtype=F64))
-    again = LinearBTBandit.random(6, 7, 4, norm_bound=3.0, eta=0.2, generator=generator(9))
+    again = LinearBTBandit.random(**shape, norm_bound=3.0, eta=0.2, generator=generator(9))
     assert torch.equal(bandit.features, again.features)
     assert torch.equal(bandit.ref_probs, again.ref_probs)
-    for name, args in [("num_contexts", (0, 2, 2)), ("num_actions", (2, -1, 2)),
-                       ("dim", (2, 2, 1.5))]:
+    for name, bad in [("num_contexts", 0), ("num_actions", -1), ("dim", 1.5)]:
         with pytest.raises(ValueError, match=name):
-            LinearBTBandit.random(*args, norm_bound=1.0, eta=1.0, generator=generator(0))
+            LinearBTBandit.random(**{**shape, name: bad}, norm_bound=1.0, eta=1.0,
+                                  generator=generator(0))
+
+
+def test_with_eta_changes_only_the_coefficient():
+    bandit = LinearBTBandit.random(num_contexts=3, num_actions=4, dim=2, norm_bound=1.0,
+                                   eta=0.5, generator=generator(10))
+    other = bandit.with_eta(2.0)
+    assert other.eta == 2.0 and bandit.eta == 0.5
+    assert torch.equal(other.features, bandit.features)
+    expected = gibbs_policy(bandit.ref_probs, bandit.rewards(), 2.0)
+    assert torch.equal(other.optimal_policy(), expected)
+    with pytest.raises(ValueError, match="eta"):
+        bandit.with_eta(0.0)
+
+
+@pytest.mark.parametrize("family", REFERENCE_FAMILIES)
+def test_reference_families(family):
+    probs = reference_policy(family, num_contexts=5, num_actions=6, generator=generator(11),
+                             temperature=2.0, exponent=1.5)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(5, dtype=F64))
+    if family == "uniform":
+        assert torch.equal(probs, torch.full((5, 6), 1 / 6, dtype=F64))
+    if family == "zipf":  # each context: the ranks 1..K in some order, weights rank^-1.5
+        expected = torch.arange(1, 7, dtype=F64) ** -1.5
+        expected = expected / expected.sum()
+        torch.testing.assert_close(probs.sort(-1, descending=True).values,
+                                   expected.expand(5, 6))
+    with pytest.raises(ValueError, match="family"):
+        reference_policy("gaussian", num_contexts=5, num_actions=6, generator=generator(11))
+
+
+def test_mean_features_and_expected_kl_by_hand():
+    bandit = make_bandit()
+    policy = torch.softmax(torch.randn(4, 5, dtype=F64, generator=generator(12)), -1)
+    mean = sum(bandit.context_probs[x] * policy[x, a] * bandit.features[x, a]
+               for x in range(4) for a in range(5))
+    torch.testing.assert_close(bandit.mean_features(policy), mean)
+    ref = bandit.ref_probs
+    kl = sum(bandit.context_probs[x] * policy[x, a] * math.log(policy[x, a] / ref[x, a])
+             for x in range(4) for a in range(5))
+    assert math.isclose(bandit.expected_kl(policy).item(), float(kl), rel_tol=1e-12)
+    assert bandit.expected_kl(policy, policy).item() == 0.0
 
 
 # --- exact values -------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ import gsfh_utils as gu
 from gsfh_utils import estimation, offline
 
 
-def small_problem(seed, num_contexts=3, num_actions=4, dim=3, batch=(), scale=2.0):
+def small_problem(seed, num_contexts=3, num_actions=4, dim=3, batch=(), scale=2.0, eta=0.5):
+    """A random bandit (its theta* unused by the learner) with a random estimate and design."""
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(num_contexts, num_actions, dim, dtype=torch.float64,
                            generator=generator)
@@ -31,13 +32,17 @@ def small_problem(seed, num_contexts=3, num_actions=4, dim=3, batch=(), scale=2.
     theta_hat = scale * torch.randn(*batch, dim, dtype=torch.float64, generator=generator)
     root = torch.randn(*batch, dim, dim, dtype=torch.float64, generator=generator)
     sigma = root @ root.transpose(-1, -2) + 0.5 * torch.eye(dim, dtype=torch.float64)
-    nu = estimation.reference_vectors(features, ref)
-    return features, ref, context_probs, nu, theta_hat, sigma
+    theta_star = torch.randn(dim, dtype=torch.float64, generator=generator)
+    bandit = gu.LinearBTBandit(features, theta_star, ref, context_probs, eta)
+    return bandit, theta_hat, sigma
 
 
 def test_pointwise_rewards_closed_form():
-    features, ref, _, nu, theta_hat, sigma = small_problem(0, batch=(2,))
-    rewards = offline.pointwise_pessimistic_rewards(features, nu, theta_hat, sigma, 0.7)
+    bandit, theta_hat, sigma = small_problem(0, batch=(2,))
+    features, ref = bandit.features, bandit.ref_probs
+    nu = torch.einsum("xk,xkd->xd", ref, features)
+    rewards = offline.pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                    beta=0.7)
     inverse = torch.linalg.inv(sigma)
     for b in range(2):
         for x in range(3):
@@ -49,22 +54,23 @@ def test_pointwise_rewards_closed_form():
 
 
 def test_pointwise_policy_without_pessimism_is_mle_gibbs():
-    features, ref, _, nu, theta_hat, sigma = small_problem(1, batch=(3,))
-    policy = offline.pointwise_pessimistic_policy(features, ref, nu, theta_hat, sigma, 0.0, 0.3)
-    expected = gu.gibbs_policy(ref, torch.einsum("xkd,bd->bxk", features, theta_hat), 0.3)
+    bandit, theta_hat, sigma = small_problem(1, batch=(3,), eta=0.3)
+    policy = offline.pointwise_pessimistic_policy(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                  beta=0.0)
+    expected = gu.gibbs_policy(bandit.ref_probs,
+                               torch.einsum("xkd,bd->bxk", bandit.features, theta_hat), 0.3)
     assert torch.allclose(policy, expected, atol=1e-14)
 
 
 def test_pointwise_policy_beats_every_grid_policy():
     # Brute force: K = 3, one context; the pointwise policy maximises E_pi r_hat - eta KL.
-    features, ref, context_probs, nu, theta_hat, sigma = small_problem(2, num_contexts=1,
-                                                                       num_actions=3)
-    eta, beta = 0.4, 1.3
-    rewards = offline.pointwise_pessimistic_rewards(features, nu, theta_hat, sigma, beta)
-    policy = offline.pointwise_pessimistic_policy(features, ref, nu, theta_hat, sigma, beta, eta)
+    bandit, theta_hat, sigma = small_problem(2, num_contexts=1, num_actions=3, eta=0.4)
+    estimate = dict(theta_hat=theta_hat, sigma=sigma, beta=1.3)
+    rewards = offline.pointwise_pessimistic_rewards(bandit, **estimate)
+    policy = offline.pointwise_pessimistic_policy(bandit, **estimate)
     grid = simplex_grid(3, 200)
-    values = gu.regularized_value(grid.unsqueeze(1), ref, rewards, eta).squeeze(-1)
-    best = gu.regularized_value(policy, ref, rewards, eta)
+    values = gu.regularized_value(grid.unsqueeze(1), bandit.ref_probs, rewards, 0.4).squeeze(-1)
+    best = gu.regularized_value(policy, bandit.ref_probs, rewards, 0.4)
     assert (values <= best + 1e-12).all()
 
 
@@ -76,33 +82,25 @@ def simplex_grid(num_actions, steps):
 
 
 def test_expected_pessimism_brute_force_on_a_grid():
-    features, ref, context_probs, nu, theta_hat, sigma = small_problem(3, num_contexts=1,
-                                                                       num_actions=3, scale=3.0)
-    eta, beta = 0.5, 0.8
-    solution = offline.expected_pessimism_policy(features, ref, context_probs, nu, theta_hat,
-                                                 sigma, beta, eta)
+    bandit, theta_hat, sigma = small_problem(3, num_contexts=1, num_actions=3, scale=3.0)
+    estimate = dict(theta_hat=theta_hat, sigma=sigma, beta=0.8)
+    solution = offline.expected_pessimism_policy(bandit, **estimate)
     grid = simplex_grid(3, 300).unsqueeze(1)  # [points, X=1, K]
-    values = offline.expected_pessimism_objective(grid, features, ref, context_probs, nu,
-                                                  theta_hat, sigma, beta, eta)
-    best = offline.expected_pessimism_objective(solution.policy, features, ref, context_probs,
-                                                nu, theta_hat, sigma, beta, eta)
+    values = offline.expected_pessimism_objective(bandit, grid, **estimate)
+    best = offline.expected_pessimism_objective(bandit, solution.policy, **estimate)
     assert (values <= best + 1e-12).all()
     assert values.max() >= best - 1e-3  # the grid is fine enough to come close
 
 
 @pytest.mark.parametrize("seed,beta", [(4, 0.3), (5, 1.0), (6, 2.5)])
 def test_expected_pessimism_agrees_with_mirror_ascent(seed, beta):
-    features, ref, context_probs, nu, theta_hat, sigma = small_problem(seed, batch=(2,),
-                                                                       scale=4.0)
-    eta = 0.5
-    solution = offline.expected_pessimism_policy(features, ref, context_probs, nu, theta_hat,
-                                                 sigma, beta, eta)
-    mirror = offline.expected_pessimism_mirror_ascent(features, ref, context_probs, nu,
-                                                      theta_hat, sigma, beta, eta,
-                                                      step_size=0.2, num_steps=3000)
-    args = (features, ref, context_probs, nu, theta_hat, sigma, beta, eta)
-    f_solver = offline.expected_pessimism_objective(solution.policy, *args)
-    f_mirror = offline.expected_pessimism_objective(mirror, *args)
+    bandit, theta_hat, sigma = small_problem(seed, batch=(2,), scale=4.0)
+    estimate = dict(theta_hat=theta_hat, sigma=sigma, beta=beta)
+    solution = offline.expected_pessimism_policy(bandit, **estimate)
+    mirror = offline.expected_pessimism_mirror_ascent(bandit, **estimate, step_size=0.2,
+                                                      num_steps=3000)
+    f_solver = offline.expected_pessimism_objective(bandit, solution.policy, **estimate)
+    f_mirror = offline.expected_pessimism_objective(bandit, mirror, **estimate)
     assert (f_solver >= f_mirror - 1e-10).all()  # the certified solver is at least as good
     assert (f_solver - f_mirror <= 1e-6).all()  # and both find the same maximum
     assert torch.allclose(solution.policy, mirror, atol=1e-3)
@@ -110,31 +108,30 @@ def test_expected_pessimism_agrees_with_mirror_ascent(seed, beta):
 
 
 def test_expected_pessimism_structure():
-    features, ref, context_probs, nu, theta_hat, sigma = small_problem(7, batch=(4,), scale=3.0)
+    bandit, theta_hat, sigma = small_problem(7, batch=(4,), scale=3.0)
+    features, ref = bandit.features, bandit.ref_probs
     distance = estimation.sigma_norm(theta_hat, sigma)
+    estimate = dict(theta_hat=theta_hat, sigma=sigma)
     # Radius above ||theta_hat||_Sigma: theta = 0 is in the ellipsoid, the answer is pi0.
-    inside = offline.expected_pessimism_policy(features, ref, context_probs, nu, theta_hat,
-                                               sigma, distance + 0.1, 0.5)
+    inside = offline.expected_pessimism_policy(bandit, **estimate, beta=distance + 0.1)
     assert torch.allclose(inside.policy, ref.expand_as(inside.policy), atol=1e-15)
     assert (inside.parameter == 0).all()
     # Radius below it: the pessimistic parameter is on the boundary of the ellipsoid and the
     # policy is its Gibbs policy.
     beta = distance / 3
-    active = offline.expected_pessimism_policy(features, ref, context_probs, nu, theta_hat,
-                                               sigma, beta, 0.5)
+    active = offline.expected_pessimism_policy(bandit, **estimate, beta=beta)
     on_boundary = estimation.sigma_norm(active.parameter - theta_hat, sigma)
     assert torch.allclose(on_boundary, beta, rtol=1e-10)
     gibbs = gu.gibbs_policy(ref, torch.einsum("xkd,bd->bxk", features, active.parameter), 0.5)
     assert torch.allclose(active.policy, gibbs, atol=1e-15)
     # Radius 0: no pessimism, the MLE's Gibbs policy.
-    zero = offline.expected_pessimism_policy(features, ref, context_probs, nu, theta_hat,
-                                             sigma, 0.0, 0.5)
+    zero = offline.expected_pessimism_policy(bandit, **estimate, beta=0.0)
     mle = gu.gibbs_policy(ref, torch.einsum("xkd,bd->bxk", features, theta_hat), 0.5)
     assert torch.allclose(zero.policy, mle, atol=1e-9)
 
 
 def test_dual_upper_bounds_the_objective():
-    features, ref, context_probs, nu, theta_hat, sigma = small_problem(8, scale=2.0)
+    bandit, theta_hat, sigma = small_problem(8, scale=2.0)
     generator = torch.Generator().manual_seed(8)
     policies = torch.softmax(torch.randn(50, 3, 4, dtype=torch.float64, generator=generator), -1)
     beta = 0.9
@@ -142,10 +139,9 @@ def test_dual_upper_bounds_the_objective():
         u = torch.randn(3, dtype=torch.float64, generator=generator)
         u = beta * torch.rand((), dtype=torch.float64, generator=generator) * u / (
             estimation.sigma_norm(u, sigma))
-        dual = offline.expected_pessimism_dual(theta_hat + u, features, ref, context_probs, nu,
-                                               0.5)
-        primal = offline.expected_pessimism_objective(policies, features, ref, context_probs, nu,
-                                                      theta_hat, sigma, beta, 0.5)
+        dual = offline.expected_pessimism_dual(bandit, theta_hat + u)
+        primal = offline.expected_pessimism_objective(bandit, policies, theta_hat=theta_hat,
+                                                      sigma=sigma, beta=beta)
         assert (primal <= dual + 1e-12).all()
 
 
@@ -155,72 +151,73 @@ def test_dual_upper_bounds_the_objective():
 def test_bounds_hold_on_the_confidence_event(seed, eta, beta, fraction):
     """The theorem of notebook 02: if ||theta_hat - theta*||_Sigma <= beta, both pessimistic
     policies are within their bound of any comparator (here pi* and a random policy)."""
-    features, ref, context_probs, nu, theta_star, sigma = small_problem(seed, scale=2.0)
+    bandit, theta_star, sigma = small_problem(seed, scale=2.0, eta=eta)
+    bandit = gu.LinearBTBandit(bandit.features, theta_star, bandit.ref_probs,
+                               bandit.context_probs, eta)
     generator = torch.Generator().manual_seed(seed + 1)
     u = torch.randn(3, dtype=torch.float64, generator=generator)
     theta_hat = theta_star + fraction * beta * u / estimation.sigma_norm(u, sigma)
-    bandit = gu.LinearBTBandit(features, theta_star, ref, context_probs, eta)
     comparators = torch.stack([
         bandit.optimal_policy(),
         torch.softmax(torch.randn(3, 4, dtype=torch.float64, generator=generator), -1)])
-    pointwise = offline.pointwise_pessimistic_policy(features, ref, nu, theta_hat, sigma, beta,
-                                                     eta)
-    expected = offline.expected_pessimism_policy(features, ref, context_probs, nu, theta_hat,
-                                                 sigma, beta, eta)
+    estimate = dict(theta_hat=theta_hat, sigma=sigma, beta=beta)
+    pointwise = offline.pointwise_pessimistic_policy(bandit, **estimate)
+    expected = offline.expected_pessimism_policy(bandit, **estimate)
     gap_pointwise = bandit.value(comparators) - bandit.value(pointwise)
     gap_expected = bandit.value(comparators) - bandit.value(expected.policy)
-    bound_pointwise = offline.pointwise_bound(comparators, features, context_probs, nu, sigma,
-                                              beta)
-    bound_expected = offline.expected_bound(comparators, features, context_probs, nu, sigma,
-                                            beta) + expected.duality_gap
+    bound_pointwise = offline.pointwise_bound(bandit, comparators, sigma=sigma, beta=beta)
+    bound_expected = (offline.expected_bound(bandit, comparators, sigma=sigma, beta=beta)
+                      + expected.duality_gap)
     assert (gap_pointwise <= bound_pointwise + 1e-12).all()
     assert (gap_expected <= bound_expected + 1e-12).all()
-    # The MLE's own bound holds too (it depends on the MLE policy).
-    mle = offline.pointwise_pessimistic_policy(features, ref, nu, theta_hat, sigma, 0.0, eta)
-    assert (bandit.value(comparators) - bandit.value(mle)
-            <= offline.mle_bound(comparators, mle, features, context_probs, nu, sigma, beta)
-            + 1e-12).all()
+    # The bound with its KL term: J(pi) - J(pi_hat) <= 2 beta E b - eta E KL(pi || pi_hat).
+    kl_term = eta * bandit.expected_kl(comparators, pointwise)
+    assert (gap_pointwise <= bound_pointwise - kl_term + 1e-12).all()
     # Jensen: the expected bound is never larger than the pointwise bound.
-    assert (offline.expected_bound(comparators, features, context_probs, nu, sigma, beta)
+    assert (offline.expected_bound(bandit, comparators, sigma=sigma, beta=beta)
             <= bound_pointwise + 1e-12).all()
 
 
 def test_bound_closed_forms():
-    features, ref, context_probs, nu, _, sigma = small_problem(9)
+    bandit, _, sigma = small_problem(9)
+    features, context_probs = bandit.features, bandit.context_probs
+    nu = torch.einsum("xk,xkd->xd", bandit.ref_probs, features)
     comparator = torch.softmax(torch.ones(3, 4, dtype=torch.float64), -1)
     inverse = torch.linalg.inv(sigma)
     diffs = features - nu.unsqueeze(1)
     bonus = torch.einsum("xki,ij,xkj->xk", diffs, inverse, diffs).sqrt()
     expected_point = 2 * 0.5 * (context_probs.unsqueeze(-1) * comparator * bonus).sum()
-    assert math.isclose(offline.pointwise_bound(comparator, features, context_probs, nu, sigma,
-                                                0.5).item(), expected_point.item(), rel_tol=1e-12)
+    assert math.isclose(offline.pointwise_bound(bandit, comparator, sigma=sigma, beta=0.5).item(),
+                        expected_point.item(), rel_tol=1e-12)
     v = torch.einsum("x,xk,xkd->d", context_probs, comparator, diffs)
     expected_norm = 2 * 0.5 * torch.sqrt(v @ inverse @ v)
-    assert math.isclose(offline.expected_bound(comparator, features, context_probs, nu, sigma,
-                                               0.5).item(), expected_norm.item(), rel_tol=1e-12)
+    assert math.isclose(offline.expected_bound(bandit, comparator, sigma=sigma, beta=0.5).item(),
+                        expected_norm.item(), rel_tol=1e-12)
 
 
 def test_offline_bad_inputs():
-    features, ref, context_probs, nu, theta_hat, sigma = small_problem(10)
+    bandit, theta_hat, sigma = small_problem(10)
     with pytest.raises(ValueError, match="beta"):
-        offline.pointwise_pessimistic_rewards(features, nu, theta_hat, sigma, -1.0)
-    with pytest.raises(ValueError, match="eta"):
-        offline.pointwise_pessimistic_policy(features, ref, nu, theta_hat, sigma, 1.0, 0.0)
+        offline.pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat, sigma=sigma,
+                                              beta=-1.0)
     with pytest.raises(ValueError, match="theta_hat"):
-        offline.pointwise_pessimistic_rewards(features, nu, theta_hat[:2], sigma, 1.0)
+        offline.pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat[:2], sigma=sigma,
+                                              beta=1.0)
     with pytest.raises(ValueError, match="sigma"):
-        offline.expected_pessimism_policy(features, ref, context_probs, nu, theta_hat,
-                                          sigma[:2, :2], 1.0, 0.5)
-    with pytest.raises(ValueError, match="nu"):
-        offline.pointwise_pessimistic_rewards(features, nu[:2], theta_hat, sigma, 1.0)
-    with pytest.raises(ValueError, match="features"):
-        offline.pointwise_pessimistic_rewards(features[0], nu, theta_hat, sigma, 1.0)
+        offline.expected_pessimism_policy(bandit, theta_hat=theta_hat, sigma=sigma[:2, :2],
+                                          beta=1.0)
+    with pytest.raises(ValueError, match="beta"):
+        offline.expected_pessimism_policy(bandit, theta_hat=theta_hat.expand(4, -1),
+                                          sigma=sigma, beta=torch.ones(5))
+    with pytest.raises(TypeError):  # estimates are keyword-only: no swapped arguments
+        offline.pointwise_pessimistic_policy(bandit, theta_hat, sigma, 1.0)
 
 
 def test_trap_instance_is_as_specified():
     generator = torch.Generator().manual_seed(11)
-    trap = offline.trap_instance(6, 7, 5, 2, norm_bound=4.0, trap_weight=3.0, eta=0.5,
-                                 generator=generator, ref_trap_mass=0.25)
+    trap = offline.trap_instance(num_contexts=6, num_actions=7, dim=5, num_traps=2,
+                                 norm_bound=4.0, trap_weight=3.0, eta=0.5, generator=generator,
+                                 ref_trap_mass=0.25)
     bandit = trap.bandit
     assert math.isclose(bandit.theta_star.norm().item(), 4.0, rel_tol=1e-12)
     assert bandit.theta_star[-1].item() == -3.0
@@ -241,28 +238,53 @@ def test_trap_instance_is_as_specified():
     assert torch.allclose(trap.behaviour(2 / 7), torch.full((6, 7), 1 / 7, dtype=torch.float64))
     with pytest.raises(ValueError, match="trap_mass"):
         trap.behaviour(1.5)
+    shape = dict(num_contexts=6, num_actions=7, dim=5, norm_bound=4.0, eta=0.5,
+                 generator=generator)
     with pytest.raises(ValueError, match="num_traps"):
-        offline.trap_instance(6, 7, 5, 7, 4.0, 3.0, 0.5, generator)
+        offline.trap_instance(**shape, num_traps=7, trap_weight=3.0)
     with pytest.raises(ValueError, match="trap_weight"):
-        offline.trap_instance(6, 7, 5, 2, 4.0, 5.0, 0.5, generator)
+        offline.trap_instance(**shape, num_traps=2, trap_weight=5.0)
+    with pytest.raises(ValueError, match="family"):
+        offline.trap_instance(**shape, num_traps=2, trap_weight=3.0, reference="gauss")
+    zipf = offline.trap_instance(**shape, num_traps=2, trap_weight=3.0, reference="zipf")
+    assert torch.allclose((zipf.bandit.ref_probs * zipf.trap_mask).sum(-1),
+                          torch.full((6,), 0.2, dtype=torch.float64))
 
 
 def test_grid_helpers_are_deterministic_and_consistent():
     def run(seed):
         generator = torch.Generator().manual_seed(seed)
-        trap = offline.trap_instance(4, 5, 4, 1, 3.0, 2.0, 0.5, generator)
-        fits = offline.fit_offline_grid(trap, [0.05, 0.2], [20, 60], 6, 1.0, generator)
-        return trap, fits, offline.evaluate_offline(trap, fits, [0.5, 50.0], 0.5)
+        trap = offline.trap_instance(num_contexts=4, num_actions=5, dim=4, num_traps=1,
+                                     norm_bound=3.0, trap_weight=2.0, eta=0.5,
+                                     generator=generator)
+        fits = offline.fit_offline_grid(trap, trap_masses=[0.05, 0.2], sizes=[20, 60],
+                                        num_seeds=6, reg=1.0, generator=generator,
+                                        bootstrap_sizes=[60], num_bootstrap=5)
+        return trap, fits, offline.evaluate_offline(trap, fits, radii={"small": 0.5,
+                                                                       "large": 50.0})
 
     trap, fits, results = run(3)
     _, fits_again, results_again = run(3)
     assert torch.equal(fits.theta_hat, fits_again.theta_hat)
-    for key in results:
-        assert torch.equal(results[key], results_again[key])
+    assert torch.equal(results["none"], results_again["none"])
+    for key in ("pointwise", "expected", "pointwise_bound", "expected_bound"):
+        for name in ("small", "large"):
+            assert torch.equal(results[key][name], results_again[key][name])
+            assert results[key][name].shape == (2, 2, 6)
     assert fits.theta_hat.shape == (2, 2, 6, 4) and fits.sigma.shape == (2, 2, 6, 4, 4)
-    assert results["none"].shape == (2, 2, 6)
-    assert results["pointwise"].shape == results["expected"].shape == (2, 2, 2, 6)
-    assert (results["none"] >= -1e-12).all() and (results["pointwise"] >= -1e-12).all()
+    assert (results["none"] >= -1e-12).all() and (results["pointwise"]["small"] >= -1e-12).all()
     error = estimation.sigma_norm(fits.theta_hat - trap.bandit.theta_star, fits.sigma)
     assert torch.allclose(error, fits.error_sigma)
-
+    # the bootstrap radius exists exactly at the bootstrapped size
+    assert torch.isnan(fits.bootstrap_radius[:, 0]).all()
+    assert (fits.bootstrap_radius[:, 1] > 0).all()
+    one = fits.at_size(60)
+    assert one.sizes == (60,) and torch.equal(one.theta_hat[:, 0], fits.theta_hat[:, 1])
+    with pytest.raises(ValueError, match="size"):
+        fits.at_size(30)
+    # evaluating at another eta compares with pi* at that eta
+    other = offline.evaluate_offline(trap, fits, radii={}, eta=0.1)
+    policy = offline.pointwise_pessimistic_policy(trap.bandit.with_eta(0.1),
+                                                  theta_hat=fits.theta_hat, sigma=fits.sigma,
+                                                  beta=0.0)
+    assert torch.allclose(other["none"], trap.bandit.with_eta(0.1).suboptimality(policy))

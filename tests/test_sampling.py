@@ -14,8 +14,8 @@ from conftest import EPS, gibbs_problems
 from hypothesis import given
 
 from gsfh_utils import acceptance_rate, gibbs_policy, rejection_sample
-from gsfh_utils.sampling import MAX_EXPECTED_PROPOSALS
 from gsfh_utils.lab.stats import chi_square_pvalue, empirical_counts, normal_quantile
+from gsfh_utils.sampling import MAX_EXPECTED_PROPOSALS
 
 F64 = torch.float64
 #: Level of each goodness-of-fit test (Bonferroni-split over the rows tested together).

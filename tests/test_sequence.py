@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from gsfh_utils.lm import sequence as sq
 from gsfh_utils.lab.stats import chi_square_pvalue
+from gsfh_utils.lm import sequence as sq
 
 #: Level of each goodness-of-fit test: a correct sampler fails one with probability 1e-3.
 LEVEL = 1e-3

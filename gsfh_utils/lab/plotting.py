@@ -125,3 +125,91 @@ def frontier_figure(frame, *, eta: float):
            title="Reward against KL: the Gibbs family is the frontier")
     ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1))
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 02 · Offline learning with pessimism.
+# --------------------------------------------------------------------------------------------
+
+
+def _quantile_curve(ax, frame, x: str, y: str, label: str, style: str = "o-", color=None):
+    """Median of ``y`` against ``x`` over the rows of each ``x`` (the seeds), with the IQR."""
+    grouped = frame.groupby(x)[y]
+    line, = ax.plot(grouped.median().index, grouped.median(), style, ms=4, color=color,
+                    label=label)
+    ax.fill_between(grouped.median().index, grouped.quantile(0.25), grouped.quantile(0.75),
+                    color=line.get_color(), alpha=0.15)
+    return line
+
+
+def confidence_radius_figure(frame, *, paper: float, oracle: float):
+    """``||theta_hat - theta*||_Sigma`` against ``n`` per coverage (``frame``: columns
+    ``coverage``, ``n``, ``seed``, ``error``, ``kind`` = ``error`` or ``bootstrap radius``), with
+    the oracle radius and the bootstrap radii; the paper's radius is named in the title."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    errors, boot = frame[frame["kind"] == "error"], frame[frame["kind"] == "bootstrap radius"]
+    for index, (coverage, part) in enumerate(errors.groupby("coverage", sort=False)):
+        _quantile_curve(ax, part, "n", "error", f"{coverage} coverage: error (median, IQR)",
+                        color=f"C{index}")
+        radius = boot[boot["coverage"] == coverage]["error"]
+        ax.errorbar(radius.index.size and boot["n"].iloc[0], radius.median(),
+                    yerr=[[radius.median() - radius.quantile(0.25)],
+                          [radius.quantile(0.75) - radius.median()]], fmt="s", color=f"C{index}",
+                    capsize=3, mfc="white", label=f"{coverage} coverage: bootstrap radius")
+    ax.axhline(oracle, color="k", ls="--", label=rf"oracle radius (uses $\theta^*$) = {oracle:.2f}")
+    ax.set(xscale="log", xlabel="n (comparisons)", ylabel=r"$\|\hat\theta-\theta^*\|_{\Sigma_D}$",
+           title=f"Confidence radius (the paper's, C = 1: {paper:.3g}, off the chart)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def suboptimality_vs_n_figure(frame):
+    """Suboptimality against ``n``, one panel per coverage, one curve per ``method`` (``frame``:
+    columns ``coverage``, ``n``, ``seed``, ``method``, ``suboptimality``); bounds dashed."""
+    coverages = list(dict.fromkeys(frame["coverage"]))
+    fig, axes = plt.subplots(1, len(coverages), figsize=(11, 4.2), sharey=True, squeeze=False)
+    for ax, coverage in zip(axes[0], coverages, strict=True):
+        part = frame[frame["coverage"] == coverage]
+        for index, (method, curve) in enumerate(part.groupby("method", sort=False)):
+            _quantile_curve(ax, curve, "n", "suboptimality", method, color=f"C{index}",
+                            style="--" if method.startswith("bound") else "o-")
+        ax.set(xscale="log", yscale="log", xlabel="n (comparisons)",
+               title=f"{coverage} coverage")
+    axes[0][0].set_ylabel(r"$J(\pi^*) - J(\hat\pi)$ (median, IQR)")
+    axes[0][-1].legend(fontsize=7)
+    return fig
+
+
+def rates_figure(frame):
+    """Mean suboptimality against ``n`` per ``curve`` (``frame``: columns ``n``, ``seed``,
+    ``curve``, ``suboptimality``), with ``n^-1/2`` and ``n^-1`` reference slopes."""
+    fig, ax = plt.subplots()
+    first = None
+    for curve, part in frame.groupby("curve", sort=False):
+        mean = part.groupby("n")["suboptimality"].mean()
+        ax.plot(mean.index, mean, "k--" if curve.startswith("bound") else "o-", ms=4, label=curve)
+        first = mean if first is None else first
+    sizes = first.index.to_numpy(dtype=float)
+    for power, style in ((-0.5, ":"), (-1.0, "-.")):
+        ax.plot(sizes, first.iloc[0] * (sizes / sizes[0]) ** power, style, color="grey",
+                label=f"slope {power:g}")
+    ax.set(xscale="log", yscale="log", xlabel="n (comparisons)", ylabel="mean suboptimality",
+           title="Good coverage: the measured rate against the bound's")
+    ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def coverage_dial_figure(frame, *, n: int):
+    """Mean suboptimality (+- 2 standard errors over seeds) against the behaviour policy's
+    trap mass (``frame``: columns ``trap_mass``, ``seed``, ``method``, ``suboptimality``)."""
+    fig, ax = plt.subplots()
+    for method, part in frame.groupby("method", sort=False):
+        grouped = part.groupby("trap_mass")["suboptimality"]
+        error = 2 * grouped.std() / grouped.count() ** 0.5
+        ax.errorbar(grouped.mean().index, grouped.mean(), yerr=error, fmt="o-", ms=4, capsize=2,
+                    label=method)
+    ax.set(xscale="log", yscale="log",
+           xlabel="behaviour policy's trap mass (coverage of the trap direction)",
+           ylabel=f"mean suboptimality at n = {n} (± 2 SE)", title="The coverage dial")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    return fig

@@ -76,8 +76,9 @@ def _row(claim: dict) -> dict:
             low, high = claim["interval"]
             measured += f" [{format_number(low)}, {format_number(high)}]"
             reference = format_number(claim["theory"])
-            margin = "theory inside the interval" if low <= claim["theory"] <= high else (
-                "theory outside the interval")
+            # float(): non-finite entries are read back from the results file as "nan", "inf"
+            inside = float(low) <= float(claim["theory"]) <= float(high)
+            margin = f"theory {'inside' if inside else 'outside'} the interval"
         else:
             reference = f"{symbol} {format_number(claim['theory'])}"
             margin = "" if claim.get("ratio") is None else (
@@ -90,8 +91,8 @@ def _row(claim: dict) -> dict:
         correction = "" if claim["num_comparisons"] == 1 else (
             f" ({format_number(claim['level'])}/{claim['num_comparisons']})")
         reference = f"p ≤ {format_number(claim['threshold'])}{correction}"
-        margin = f"p {'' if claim['p_value'] <= 1e-6 else '= '}{format_p_value(claim['p_value'])}"
-        margin += f"; {claim['test']}"
+        p_value = format_p_value(claim["p_value"])
+        margin = f"p {p_value if p_value.startswith('<') else '= ' + p_value}; {claim['test']}"
     else:
         measured = format_number(claim["value"])
         reference = f"{symbol} {format_number(claim['threshold'])}"
@@ -101,7 +102,7 @@ def _row(claim: dict) -> dict:
             "verdict": "holds" if claim["holds"] else "DOES NOT HOLD"}
 
 
-def claims_frame(results: list[dict], kinds=("theorem", "finding", "identity"),
+def claims_frame(results: list[dict], *, kinds=("theorem", "finding", "identity"),
                  with_notebook: bool = True, with_skipped: bool = True) -> pd.DataFrame:
     """One row per claim of the given ``kinds`` (in that order within each notebook), with the
     columns ``COLUMNS`` (and ``notebook`` first when ``with_notebook``); skipped claims as rows
@@ -144,3 +145,21 @@ def text_table(frame: pd.DataFrame, columns=("notebook", "kind", "claim", "measu
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(line.rstrip() for line in lines)
 
+
+
+def tidy(values, value_name: str, **coordinates) -> pd.DataFrame:
+    """A tensor as a long (tidy) table: one row per entry, one column per dimension.
+
+    ``coordinates`` name the dimensions of ``values`` in order, each with its labels (e.g.
+    ``coverage=["poor", "good"], n=[100, 300], seed=range(200)``); the entry goes in the column
+    ``value_name``. ``tidy(x, "error", n=sizes, seed=range(S))`` turns ``x [N, S]`` into N S rows.
+    """
+    import numpy as np
+
+    array = np.asarray(values, dtype=np.float64)
+    labels = {name: list(label) for name, label in coordinates.items()}
+    if array.shape != tuple(len(label) for label in labels.values()):
+        raise ValueError(f"values have shape {array.shape} but the coordinates {list(labels)} "
+                         f"have lengths {[len(label) for label in labels.values()]}")
+    index = pd.MultiIndex.from_product(list(labels.values()), names=list(labels))
+    return pd.DataFrame({value_name: array.reshape(-1)}, index=index).reset_index()

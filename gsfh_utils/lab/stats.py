@@ -8,7 +8,6 @@ at a stated level or a round-off bound, never a tuned tolerance.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -330,5 +329,6 @@ def worst_ratio(measured, bound, where=None) -> tuple[float, float, float]:
     if measured.numel() == 0:
         raise ValueError("no entry to compare (is the selection empty?)")
     index = (measured / bound).reshape(-1).argmax()
-    worst_measured, worst_bound = measured.reshape(-1)[index].item(), bound.reshape(-1)[index].item()
+    worst_measured = measured.reshape(-1)[index].item()
+    worst_bound = bound.reshape(-1)[index].item()
     return worst_measured, worst_bound, worst_measured / worst_bound
