@@ -240,6 +240,19 @@ def slope_bound(margin_bound) -> float:
     return small / (1 + small) ** 2
 
 
+def _check_radius_arguments(dim, delta, gamma, reg, norm_bound) -> None:
+    delta = float(delta)
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}")
+    if not (gamma > 0 and math.isfinite(gamma)):
+        raise ValueError(f"gamma must be positive and finite, got {gamma!r}")
+    check_positive_number(reg, "reg")
+    if not (norm_bound >= 0 and math.isfinite(norm_bound)):
+        raise ValueError(f"norm_bound must be finite and non-negative, got {norm_bound!r}")
+
+
 def confidence_radius(*, dim: int, delta: float, gamma: float, reg: float, norm_bound: float,
                       constant: float = 1.0) -> float:
     """``beta = C sqrt((d + log(1/delta)) / gamma^2 + reg B^2)``, the radius of the confidence
@@ -251,19 +264,25 @@ def confidence_radius(*, dim: int, delta: float, gamma: float, reg: float, norm_
     ``1 - delta`` (for a large enough ``C``) the event holds; notebook 02 measures how often it
     does.
     """
-    delta = float(delta)
-    if not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
-        raise ValueError(f"dim must be a positive integer, got {dim!r}")
-    if not (gamma > 0 and math.isfinite(gamma)):
-        raise ValueError(f"gamma must be positive and finite, got {gamma!r}")
-    reg = check_positive_number(reg, "reg")
-    if not (norm_bound >= 0 and math.isfinite(norm_bound)):
-        raise ValueError(f"norm_bound must be finite and non-negative, got {norm_bound!r}")
+    _check_radius_arguments(dim, delta, gamma, reg, norm_bound)
     if not (constant > 0 and math.isfinite(constant)):
         raise ValueError(f"constant must be positive and finite, got {constant!r}")
     return constant * math.sqrt((dim + math.log(1 / delta)) / gamma**2 + reg * norm_bound**2)
+
+
+def asymptotic_radius(*, dim: int, delta: float, gamma: float, reg: float,
+                      norm_bound: float) -> float:
+    """The large-sample (Wald) radius ``beta = sqrt(chi2_{d, 1-delta} / gamma + reg B^2)``.
+
+    Asymptotically ``||theta_hat - theta*||^2_F`` is ``chi2_d`` in the Fisher metric
+    ``F = sum_i sigmoid'(<theta*, z_i>) z_i z_i^T``, and ``F >= gamma (Sigma_D - reg I)`` when
+    ``gamma`` lower-bounds the slope; the ``reg B^2`` term covers the ridge's bias. Smaller than
+    ``confidence_radius`` (``1/gamma`` instead of ``1/gamma^2``); its coverage must be measured.
+    """
+    from scipy.stats import chi2
+
+    _check_radius_arguments(dim, delta, gamma, reg, norm_bound)
+    return math.sqrt(chi2.ppf(1 - delta, dim) / gamma + reg * norm_bound**2)
 
 
 def bootstrap_radius(feature_diffs, *, theta_hat, reg: float, delta: float, num_bootstrap: int,

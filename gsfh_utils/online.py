@@ -1,4 +1,5 @@
-"""Online iterative learning with batch exploration, and the hybrid start (PAPER.md section 4).
+"""Online iterative learning with batch exploration, and the hybrid start (Xiong et al.,
+arXiv:2312.11456, section 4 "Online Iterative Learning with Batch Exploration"; notebook 03).
 
 For ``t = 1..T`` (batched over independent seeds, one instance):
 
@@ -10,9 +11,9 @@ For ``t = 1..T`` (batched over independent seeds, one instance):
   ``Pi_t = {pi : eta E_x KL(pi || pi1_t) <= Gamma_t(pi)}`` (``enhancer_policy``);
 - a batch of ``m`` pairs ``x ~ d0, a1 ~ pi1_t, a2 ~ pi2_t`` labelled by Bradley-Terry.
 
-The output is the main agent chosen by held-out preference validation (``run_online``). The
-accuracy measured is ``target = J(pi*) - J(pi1) + eta E_x KL(pi* || pi1)``, which for a Gibbs
-policy of ``theta_hat`` equals ``<theta* - theta_hat, E_x[E_{pi*} phi - E_{pi1} phi]>``.
+The accuracy measured is ``target = J(pi*) - J(pi1) + eta E_x KL(pi* || pi1)``, which for a
+Gibbs policy of ``theta_hat`` equals ``<theta* - theta_hat, E_x[E_{pi*} phi - E_{pi1} phi]>``
+(evaluation only: no method sees ``theta*``).
 
 Why tilts suffice for the enhancer. ``||v||_{Sigma^{-1}} = max_{||g||_Sigma <= 1} <g, v>``. Take
 any ``pi`` in ``Pi_t`` and its dual direction ``g = Sigma^{-1} v(pi) / ||v(pi)||_{Sigma^{-1}}``.
@@ -33,13 +34,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validation import check_positive_int, check_positive_number
-from .estimation import fit_bt_mle
+from ._validation import as_float64, check_generator, check_positive_int, check_positive_number
+from .estimation import fit_bt_mle, whitener
 from .gibbs import gibbs_policy
 from .instance import LinearBTBandit, Preferences
 
 #: Pair-sampling options of ``run_online``: which policies draw ``(a1, a2)`` in each batch.
-METHODS = ("enhancer", "reference", "self_play", "offline")
+METHODS = ("enhancer", "reference", "on_policy", "offline")
 
 #: Default scale grid of the enhancer's tilts ``pi1 exp(s <u, phi>)`` with ``||u|| = 1`` (so
 #: ``|s <u, phi>| <= s``): from a gentle tilt to a practically deterministic one.
@@ -57,51 +58,27 @@ REFINED_DIRECTIONS = 6
 SEARCH_MARGIN = 1e-3
 
 
-def _as64(value) -> torch.Tensor:
-    return torch.as_tensor(value, dtype=torch.float64)
+def _whitened_norm(vectors, whitening) -> torch.Tensor:
+    """``||v||_{Sigma^{-1}} = ||L^{-1} v||`` given ``whitening = L^{-1}`` (``Sigma = L L^T``);
+    ``vectors [..., d]`` broadcast against ``whitening [..., d, d]``."""
+    return torch.einsum("...ij,...j->...i", whitening, vectors).norm(dim=-1)
 
 
-def policy_mean_features(policy, features, context_probs) -> torch.Tensor:
-    """``E_{x ~ d0, a ~ pi} phi(x, a)``: ``policy [..., X, K]`` -> ``[..., d]``."""
-    weights = _as64(policy) * _as64(context_probs).unsqueeze(-1)
-    return torch.einsum("...xk,xkd->...d", weights, _as64(features))
+def policy_uncertainty(bandit: LinearBTBandit, policy, *, main, sigma, beta) -> torch.Tensor:
+    """``Gamma(pi) = beta ||E_x[E_{pi1} phi - E_pi phi]||_{Sigma^{-1}}`` with ``pi1 = main``
+    (batched over the leading dimensions of ``policy``, ``main`` and ``sigma``)."""
+    diff = bandit.mean_features(main) - bandit.mean_features(policy)
+    return as_float64(beta) * _whitened_norm(diff, whitener(sigma))
 
 
-def inverse_norm(vectors, whitener) -> torch.Tensor:
-    """``||v||_{Sigma^{-1}} = ||L^{-1} v||`` given ``whitener = L^{-1}`` (``Sigma = L L^T``);
-    ``vectors [..., d]`` broadcast against ``whitener [..., d, d]``."""
-    return torch.einsum("...ij,...j->...i", whitener, vectors).norm(dim=-1)
-
-
-def whitener_of(sigma) -> torch.Tensor:
-    """``L^{-1}`` with ``Sigma = L L^T`` (Cholesky)."""
-    chol = torch.linalg.cholesky(_as64(sigma))
-    eye = torch.eye(chol.shape[-1], dtype=torch.float64).expand_as(chol)
-    return torch.linalg.solve_triangular(chol, eye, upper=False)
-
-
-def uncertainty(main, policy, features, context_probs, sigma, beta) -> torch.Tensor:
-    """``Gamma(pi) = beta ||E_x[E_{pi1} phi - E_pi phi]||_{Sigma^{-1}}`` (batched)."""
-    diff = (policy_mean_features(main, features, context_probs)
-            - policy_mean_features(policy, features, context_probs))
-    return _as64(beta) * inverse_norm(diff, whitener_of(sigma))
-
-
-def expected_kl(policy, main, context_probs) -> torch.Tensor:
-    """``E_{x ~ d0} KL(pi(.|x) || pi1(.|x))`` (0 log 0 = 0; +inf off the support of pi1)."""
-    policy, main = _as64(policy), _as64(main)
-    per_context = (torch.xlogy(policy, policy) - torch.xlogy(policy, main)).sum(-1)
-    return (per_context * _as64(context_probs)).sum(-1)
-
-
-def target_accuracy(instance: LinearBTBandit, main) -> torch.Tensor:
+def target_accuracy(bandit: LinearBTBandit, main) -> torch.Tensor:
     """``J(pi*) - J(pi1) + eta E_x KL(pi* || pi1)`` for policies ``main [..., X, K]`` (exact).
 
     The quantity the paper's online guarantee bounds; zero only at ``pi1 = pi*``.
     """
-    main = _as64(main)
-    return (instance.suboptimality(main)
-            + instance.eta * expected_kl(instance.optimal_policy(), main, instance.context_probs))
+    main = as_float64(main)
+    return (bandit.suboptimality(main)
+            + bandit.eta * bandit.expected_kl(bandit.optimal_policy(), main))
 
 
 @dataclass(frozen=True)
@@ -150,29 +127,27 @@ def _tilts(log_main, features, context_probs, directions, scales):
     return policy, means, kl
 
 
-def enhancer_policy(main, features, context_probs, sigma, beta, eta, generator: torch.Generator,
-                    num_random_directions: int = 8, num_refinements: int = 2,
-                    scales=DEFAULT_SCALES) -> EnhancerSearch:
+def enhancer_policy(bandit: LinearBTBandit, main, *, sigma, beta: float,
+                    generator: torch.Generator, num_random_directions: int = 8,
+                    num_refinements: int = 2, scales=DEFAULT_SCALES) -> EnhancerSearch:
     """The enhancer ``pi2 = argmax_{pi in Pi_t} Gamma_t(pi)``, searched over tilts of ``pi1``.
 
-    ``main`` ``pi1 [S, X, K]``, ``features [X, K, d]``, ``context_probs [X]``, ``sigma
-    [S, d, d]``, ``beta`` > 0, ``eta`` > 0. Directions: ``+-`` the eigenvectors of ``Sigma``
-    (the least-covered ones matter most), plus ``num_random_directions`` draws ``Sigma^{-1/2} xi``;
-    for each, every scale on the grid (then a bisection on the scale for the best few, where the
-    budget binds); then ``num_refinements`` rounds in which the ``REFINED_DIRECTIONS`` best
-    directions are replaced by the dual direction ``-Sigma^{-1} v`` of their best feasible tilt.
-    The search runs in float32 and keeps a candidate only if
-    ``eta E_x KL(pi || pi1) <= (1 - SEARCH_MARGIN) Gamma_t(pi)``; the best one (largest
-    ``Gamma``) is rebuilt in float64 and its constraint verified there; ``pi1`` itself
-    (always feasible) is returned where no candidate passes.
+    ``main`` ``pi1 [S, X, K]`` (one main agent per seed), ``sigma [S, d, d]``, ``beta > 0``; the
+    bandit gives ``phi``, ``d0`` and ``eta`` (never ``theta*``). Directions: ``+-`` the
+    eigenvectors of ``Sigma`` (the least-covered ones matter most), plus
+    ``num_random_directions`` draws ``Sigma^{-1/2} xi``; for each, every scale on the grid (then
+    a bisection on the scale for the best few, where the budget binds); then
+    ``num_refinements`` rounds in which the ``REFINED_DIRECTIONS`` best directions are replaced
+    by the dual direction ``-Sigma^{-1} v`` of their best feasible tilt. The search runs in
+    float32 and keeps a candidate only if ``eta E_x KL(pi || pi1) <= (1 - SEARCH_MARGIN)
+    Gamma_t(pi)``; the best one (largest ``Gamma``) is rebuilt in float64 and its constraint
+    verified there; ``pi1`` itself (always feasible) is returned where no candidate passes.
     See the module docstring for why tilts suffice. ``main`` must be ``[S, X, K]``.
     """
-    main = _as64(main)
-    features = _as64(features)
-    context_probs = _as64(context_probs)
-    sigma = _as64(sigma)
+    check_generator(generator)
+    main, sigma = as_float64(main), as_float64(sigma)
+    features, context_probs, eta = bandit.features, bandit.context_probs, bandit.eta
     beta = check_positive_number(beta, "beta")
-    eta = check_positive_number(eta, "eta")
     if num_random_directions < 0 or num_refinements < 0:
         raise ValueError("num_random_directions and num_refinements must be non-negative")
     if main.ndim != 3 or main.shape[1:] != features.shape[:2]:
@@ -180,11 +155,11 @@ def enhancer_policy(main, features, context_probs, sigma, beta, eta, generator: 
                          f"{tuple(features.shape[:2])}, got {tuple(main.shape)}")
     num_seeds = main.shape[0]
     dim = features.shape[-1]
-    scales = _as64(scales)
+    scales = as_float64(scales)
     if scales.ndim != 1 or not (scales > 0).all():
         raise ValueError("scales must be a 1-d sequence of positive numbers")
-    whitener = whitener_of(sigma)  # [S, d, d]
-    mean_main = policy_mean_features(main, features, context_probs)  # [S, d]
+    whitening = whitener(sigma)  # [S, d, d]
+    mean_main = bandit.mean_features(main)  # [S, d]
 
     _, eigenvectors = torch.linalg.eigh(sigma)  # columns, ascending eigenvalues
     starts = [eigenvectors.transpose(-1, -2), -eigenvectors.transpose(-1, -2)]
@@ -192,7 +167,7 @@ def enhancer_policy(main, features, context_probs, sigma, beta, eta, generator: 
         noise = torch.randn(num_seeds, num_random_directions, dim, dtype=torch.float64,
                             generator=generator)
         # Sigma^{-1/2}-shaped draws: L^{-T} xi has covariance Sigma^{-1}.
-        starts.append(torch.einsum("sji,suj->sui", whitener, noise))
+        starts.append(torch.einsum("sji,suj->sui", whitening, noise))
     directions = torch.cat(starts, 1)
     directions = directions / directions.norm(dim=-1, keepdim=True)
 
@@ -202,7 +177,7 @@ def enhancer_policy(main, features, context_probs, sigma, beta, eta, generator: 
     single = torch.float32
     log_main32 = torch.log(main).to(single)
     features32, context32 = features.to(single), context_probs.to(single)
-    scales32, whitener32, mean32 = scales.to(single), whitener.to(single), mean_main.to(single)
+    scales32, whitener32, mean32 = scales.to(single), whitening.to(single), mean_main.to(single)
     best_gamma = torch.zeros(num_seeds, dtype=single)
     best_direction = torch.zeros(num_seeds, dim, dtype=torch.float64)
     best_scale = torch.zeros(num_seeds, dtype=torch.float64)
@@ -266,22 +241,23 @@ def enhancer_policy(main, features, context_probs, sigma, beta, eta, generator: 
         kept_score = per_direction.gather(1, keep)
         kept = chosen.gather(1, keep[..., None].expand(-1, -1, dim)).to(torch.float64)
         directions = directions.gather(1, keep[..., None].expand(-1, -1, dim))
-        dual = torch.einsum("sji,suj->sui", whitener, torch.einsum("sij,suj->sui", whitener, kept))
+        dual = torch.einsum("sji,suj->sui", whitening,
+                            torch.einsum("sij,suj->sui", whitening, kept))
         norms = dual.norm(dim=-1, keepdim=True)
         usable = torch.isfinite(kept_score).unsqueeze(-1) & (norms > 0)
         directions = torch.where(usable, -dual / norms.clamp_min(1e-300), directions)
     # The returned policy, rebuilt in float64 and verified: eta E_x KL(pi2 || pi1) <= Gamma(pi2).
-    return _verified_tilt(main, features, context_probs, sigma, beta, eta, best_direction,
-                          best_scale)
+    return _verified_tilt(bandit, main, sigma, beta, best_direction, best_scale)
 
 
-def _verified_tilt(main, features, context_probs, sigma, beta, eta, direction, scale):
+def _verified_tilt(bandit, main, sigma, beta, direction, scale):
     """``pi1 exp(scale <direction, phi>)`` in float64, with its Gamma, KL and slack; where the
     constraint fails as computed here (never expected, see SEARCH_MARGIN) it returns ``pi1``."""
-    shift = scale[:, None, None] * torch.einsum("xkd,sd->sxk", features, direction)
+    eta = bandit.eta
+    shift = scale[:, None, None] * torch.einsum("xkd,sd->sxk", bandit.features, direction)
     policy = torch.softmax(torch.log(main) + shift, -1)
-    gamma = uncertainty(main, policy, features, context_probs, sigma, beta)
-    kl = expected_kl(policy, main, context_probs)
+    gamma = policy_uncertainty(bandit, policy, main=main, sigma=sigma, beta=beta)
+    kl = bandit.expected_kl(policy, main)
     keep = (eta * kl <= gamma) & (scale > 0)
     policy = torch.where(keep[:, None, None], policy, main)
     gamma = torch.where(keep, gamma, 0.0)
@@ -296,20 +272,19 @@ class OnlineRun:
 
     Index ``k = 0..T`` counts the batches collected: ``theta_hat[k]`` is the MLE on the initial
     data plus the first ``k`` batches (``k m`` online comparisons), ``target[k]`` the accuracy of
-    its Gibbs policy. Batch ``t`` (``1..T``) is drawn by ``pi1 = Gibbs(theta_hat[t-1])`` and the
-    second policy; its enhancer statistics are at index ``t - 1``.
+    its Gibbs policy ``pi1``, the main agent (the algorithm's output after ``k`` batches). Batch
+    ``t`` (``1..T``) is drawn by ``pi1 = Gibbs(theta_hat[t-1])`` and the second policy; its
+    statistics are at index ``t - 1``.
 
     - ``theta_hat [T+1, S, d]``, ``sigma [T+1, S, d, d]`` (``Sigma_k``), ``target [T+1, S]``,
       ``log_det [T+1, S]`` (``log det Sigma_k``),
-      ``estimation_error [T+1, S]`` (``||theta_hat_k - theta*||_{Sigma_k}``);
+      ``estimation_error [T+1, S]`` (``||theta_hat_k - theta*||_{Sigma_k}``, evaluation only);
     - ``gamma``, ``kl``, ``slack`` ``[T, S]`` of the second policy (``Gamma_t``,
       ``E_x KL(pi2 || pi1)``, ``Gamma_t - eta KL``; for the baselines too, for comparison);
     - ``batch_potential [T, S]``: ``log(1 + m ||zbar_t||^2_{Sigma_{t-1}^{-1}})`` with ``zbar_t`` the
       batch mean of ``z`` (a lower bound on the growth of ``log det``);
-    - ``validation_loglik [T+1, S]`` and ``output_index [T+1, S]``: after ``k`` batches the output
-      is the iterate ``j <= k`` with the largest held-out log-likelihood; ``output_target [T+1, S]``
-      its accuracy;
-    - ``data``: all pairs (initial data first).
+    - ``main_policies [T+1, S, X, K]``, ``second_policies [T, S, X, K]``, ``data`` (all pairs,
+      initial data first).
     """
 
     method: str
@@ -325,9 +300,6 @@ class OnlineRun:
     kl: torch.Tensor
     slack: torch.Tensor
     batch_potential: torch.Tensor
-    validation_loglik: torch.Tensor
-    output_index: torch.Tensor
-    output_target: torch.Tensor
     second_policies: torch.Tensor
     main_policies: torch.Tensor
     data: Preferences
@@ -351,52 +323,35 @@ def _sigma(data: Preferences | None, reg: float, num_seeds: int, dim: int) -> to
     return sigma
 
 
-def validation_pairs(instance: LinearBTBandit, num_pairs: int, num_seeds: int,
-                     generator: torch.Generator) -> Preferences:
-    """Held-out pairs for the output choice: ``x ~ d0``, both actions uniform, BT labels."""
-    uniform = torch.full((instance.num_contexts, instance.num_actions),
-                         1.0 / instance.num_actions, dtype=torch.float64)
-    return instance.sample_preferences(num_pairs, uniform, uniform, generator, (num_seeds,))
-
-
-def bt_loglik(theta, data: Preferences) -> torch.Tensor:
-    """Mean Bradley-Terry log-likelihood of ``data [S, n]`` under ``theta [..., S, d]``."""
-    signs = 2 * data.labels - 1
-    margins = torch.einsum("snd,...sd->...sn", data.feature_diffs, theta)
-    return torch.nn.functional.logsigmoid(signs * margins).mean(-1)
-
-
-def run_online(instance: LinearBTBandit, method: str, num_iterations: int, batch_size: int,
-               num_seeds: int, generator: torch.Generator, beta: float, reg: float = 1.0,
-               initial_data: Preferences | None = None, validation_size: int = 500,
-               num_random_directions: int = 8, num_refinements: int = 2,
-               scales=DEFAULT_SCALES) -> OnlineRun:
-    """Online iterative learning (PAPER.md section 4), batched over ``num_seeds`` seeds.
+def run_online(bandit: LinearBTBandit, *, method: str, num_batches: int, batch_size: int,
+               num_seeds: int, beta: float, reg: float, generator: torch.Generator,
+               initial_data: Preferences | None = None, num_random_directions: int = 8,
+               num_refinements: int = 2, scales=DEFAULT_SCALES) -> OnlineRun:
+    """Online iterative learning (the paper's section 4), batched over ``num_seeds`` seeds.
 
     ``method`` picks the pairs of each batch (the others share the loop and budget):
 
     - ``"enhancer"``: ``a1 ~ pi1_t`` (main agent), ``a2 ~ pi2_t`` (``enhancer_policy``);
     - ``"reference"``: ``a1 ~ pi1_t``, ``a2 ~ pi0`` (enhancer replaced by the reference);
-    - ``"self_play"``: both from ``pi1_t`` (iterative DPO in the ideal limit);
+    - ``"on_policy"``: both from ``pi1_t`` (random on-policy pairs; the paper's practical
+      pairing ranks several on-policy responses, see ``gsfh_utils.dpo``);
     - ``"offline"``: both from ``pi0`` (no interaction: the data never depend on the estimate).
 
     ``initial_data`` (``Preferences`` with batch shape ``[num_seeds]``) is the hybrid start: it
     enters the MLE and ``Sigma_0``. ``beta`` is the confidence radius used by ``Gamma_t``;
-    ``reg`` the ridge ``lambda``. The output after ``k`` batches is the main agent ``pi1_j``,
-    ``j <= k``, whose ``theta_hat_j`` has the largest log-likelihood on ``validation_size``
-    held-out pairs (``validation_pairs``; the same budget for every method, not counted as
-    comparisons). Raises ``ValueError`` for a non-positive batch size, number of iterations or
-    seeds, an unknown method or a bad ``beta``/``reg``.
+    ``reg`` the ridge ``lambda``. The output after ``k`` batches is the main agent ``pi1_k``.
+    Raises ``ValueError`` for a non-positive batch size, number of batches or seeds, an unknown
+    method, a bad ``beta``/``reg`` or initial data of the wrong shape.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    check_positive_int(num_iterations, "num_iterations")
+    check_positive_int(num_batches, "num_batches")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(num_seeds, "num_seeds")
-    check_positive_int(validation_size, "validation_size")
+    check_generator(generator)
     beta = check_positive_number(beta, "beta")
     reg = check_positive_number(reg, "reg")
-    dim = instance.dim
+    dim = bandit.dim
     if initial_data is not None:
         if initial_data.labels.shape[:-1] != (num_seeds,):
             raise ValueError(
@@ -406,66 +361,51 @@ def run_online(instance: LinearBTBandit, method: str, num_iterations: int, batch
         if initial_data.feature_diffs.shape[-1] != dim:
             raise ValueError(f"initial_data must have {dim} features")
     initial_size = 0 if initial_data is None else len(initial_data)
-    ref = instance.ref_probs
-    features, context_probs, eta = instance.features, instance.context_probs, instance.eta
-    validation = validation_pairs(instance, validation_size, num_seeds, generator)
-
+    ref = bandit.ref_probs
     data = initial_data
     thetas, sigmas, mains, seconds = [], [], [], []
     gammas, kls, slacks, potentials = [], [], [], []
-    for iteration in range(num_iterations + 1):
+    for batch in range(num_batches + 1):
         theta = _fit(data, reg, num_seeds, dim)
         sigma = _sigma(data, reg, num_seeds, dim)
         thetas.append(theta)
         sigmas.append(sigma)
-        main = gibbs_policy(ref, instance.rewards(theta), eta)  # [S, X, K]
+        main = gibbs_policy(ref, bandit.rewards(theta), bandit.eta)  # [S, X, K]
         mains.append(main)
-        if iteration == num_iterations:
+        if batch == num_batches:
             break
         if method == "enhancer":
-            search = enhancer_policy(main, features, context_probs, sigma, beta, eta, generator,
-                                     num_random_directions, num_refinements, scales)
-            second = search.policy
-        elif method == "self_play":
+            second = enhancer_policy(bandit, main, sigma=sigma, beta=beta, generator=generator,
+                                     num_random_directions=num_random_directions,
+                                     num_refinements=num_refinements, scales=scales).policy
+        elif method == "on_policy":
             second = main
         else:
             second = ref.expand_as(main)
         first = ref.expand_as(main) if method == "offline" else main
-        gamma = uncertainty(first, second, features, context_probs, sigma, beta)
-        kl = expected_kl(second, first, context_probs)
+        gamma = policy_uncertainty(bandit, second, main=first, sigma=sigma, beta=beta)
+        kl = bandit.expected_kl(second, first)
         gammas.append(gamma)
         kls.append(kl)
-        slacks.append(gamma - eta * kl)
+        slacks.append(gamma - bandit.eta * kl)
         seconds.append(second)
-        batch = instance.sample_preferences(batch_size, first, second, generator, (num_seeds,))
-        mean_z = batch.feature_diffs.mean(-2)
-        potentials.append(torch.log1p(batch_size * inverse_norm(mean_z, whitener_of(sigma)) ** 2))
-        data = batch if data is None else data.concat(batch)
+        pairs = bandit.sample_preferences(batch_size, first, second, generator, (num_seeds,))
+        mean_z = pairs.feature_diffs.mean(-2)
+        potentials.append(torch.log1p(batch_size * _whitened_norm(mean_z, whitener(sigma)) ** 2))
+        data = pairs if data is None else data.concat(pairs)
 
     theta_hat = torch.stack(thetas)
     sigma_all = torch.stack(sigmas)
     main_policies = torch.stack(mains)
-    target = target_accuracy(instance, main_policies)
-    log_det = torch.linalg.slogdet(sigma_all)[1]
-    error = theta_hat - instance.theta_star
-    estimation_error = torch.einsum("...i,...ij,...j->...", error, sigma_all, error).sqrt()
-    loglik = bt_loglik(theta_hat, validation)  # [T+1, S]
-    # Output after k batches: the best iterate so far on the held-out pairs (first on ties).
-    output_index = torch.zeros_like(loglik, dtype=torch.long)
-    best = loglik[0].clone()
-    for k in range(1, loglik.shape[0]):
-        improve = loglik[k] > best
-        best = torch.where(improve, loglik[k], best)
-        output_index[k] = torch.where(improve, k, output_index[k - 1])
-    output_target = target.gather(0, output_index)
+    error = theta_hat - bandit.theta_star
     return OnlineRun(
         method=method, batch_size=batch_size, initial_size=initial_size, beta=beta,
-        theta_hat=theta_hat, sigma=sigma_all, target=target, log_det=log_det,
-        estimation_error=estimation_error,
+        theta_hat=theta_hat, sigma=sigma_all, target=target_accuracy(bandit, main_policies),
+        log_det=torch.linalg.slogdet(sigma_all)[1],
+        estimation_error=torch.einsum("...i,...ij,...j->...", error, sigma_all, error).sqrt(),
         gamma=torch.stack(gammas), kl=torch.stack(kls), slack=torch.stack(slacks),
-        batch_potential=torch.stack(potentials), validation_loglik=loglik,
-        output_index=output_index, output_target=output_target,
-        second_policies=torch.stack(seconds), main_policies=main_policies, data=data,
+        batch_potential=torch.stack(potentials), second_policies=torch.stack(seconds),
+        main_policies=main_policies, data=data,
     )
 
 
@@ -480,7 +420,7 @@ def elliptical_potentials(feature_diffs, reg: float, initial_sigma=None) -> torc
     ``det Sigma_s = det Sigma_{s-1} (1 + ||z_s||^2_{Sigma_{s-1}^{-1}})``).
     """
     reg = check_positive_number(reg, "reg")
-    z = _as64(feature_diffs)
+    z = as_float64(feature_diffs)
     if z.ndim < 2:
         raise ValueError(f"feature_diffs must have shape [..., n, d], got {tuple(z.shape)}")
     dim = z.shape[-1]
@@ -488,7 +428,8 @@ def elliptical_potentials(feature_diffs, reg: float, initial_sigma=None) -> torc
         inverse = torch.eye(dim, dtype=torch.float64) / reg
         inverse = inverse.expand(*z.shape[:-2], dim, dim).clone()
     else:
-        inverse = torch.linalg.inv(_as64(initial_sigma)).expand(*z.shape[:-2], dim, dim).clone()
+        inverse = torch.linalg.inv(as_float64(initial_sigma))
+        inverse = inverse.expand(*z.shape[:-2], dim, dim).clone()
     out = []
     for s in range(z.shape[-2]):
         zs = z[..., s, :]
@@ -500,15 +441,15 @@ def elliptical_potentials(feature_diffs, reg: float, initial_sigma=None) -> torc
     return torch.stack(out, -1)
 
 
-def log_det_bound(num_pairs, dim: int, reg: float, feature_diff_bound: float = 2.0):
+def log_det_bound(num_pairs, *, dim: int, reg: float, feature_diff_bound: float = 2.0):
     """``log(det Sigma_n / det Sigma_0) <= d log(1 + n L^2 / (d reg))`` for ``n`` pairs with
     ``||z|| <= L`` and ``Sigma_0 = reg I`` (AM-GM on the eigenvalues: the trace is at most
     ``d reg + n L^2``)."""
-    num_pairs = _as64(num_pairs)
+    num_pairs = as_float64(num_pairs)
     return dim * torch.log1p(num_pairs * feature_diff_bound**2 / (dim * reg))
 
 
-def undercovered_instance(num_contexts: int, num_actions: int, dim: int, num_rare: int,
+def undercovered_instance(*, num_contexts: int, num_actions: int, dim: int, num_rare: int,
                           rare_mass: float, norm_bound: float, eta: float,
                           generator: torch.Generator, rare_weight: float = 0.8) -> LinearBTBandit:
     """A bandit where ``pi0`` under-covers the optimal directions (notebook 03).
@@ -561,7 +502,21 @@ def undercovered_instance(num_contexts: int, num_actions: int, dim: int, num_rar
 def batches_to_reach(curve, level) -> torch.Tensor:
     """First index ``k`` with ``curve[k] <= level`` (``curve [T+1, ...]``, index = batches
     collected), ``inf`` where it is never reached: shape ``[...]`` (float64)."""
-    curve = _as64(curve)
-    reached = curve <= _as64(level)
+    curve = as_float64(curve)
+    reached = curve <= as_float64(level)
     index = torch.arange(curve.shape[0], dtype=torch.float64).view(-1, *([1] * (curve.ndim - 1)))
     return torch.where(reached, index, torch.inf).amin(0)
+
+
+def paper_batch_schedule(*, dim: int, gamma: float, epsilon: float) -> tuple[int, int]:
+    """The batch size and number of batches of the paper's online guarantee, with the constants of
+    its ``O~`` set to 1: ``m = ceil(d / (gamma^2 eps^2))`` pairs per batch and ``T`` the smallest
+    integer ``T >= d`` with ``T >= d log T`` (the inequality also holds at ``T = 1``, where
+    ``log T = 0``, outside the regime of the argument). Returns ``(m, T)``."""
+    check_positive_int(dim, "dim")
+    gamma = check_positive_number(gamma, "gamma")
+    epsilon = check_positive_number(epsilon, "epsilon")
+    batches = dim
+    while batches < dim * math.log(batches):
+        batches += 1
+    return math.ceil(dim / (gamma**2 * epsilon**2)), batches

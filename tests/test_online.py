@@ -16,9 +16,15 @@ from gsfh_utils.estimation import fit_bt_mle
 
 def small_instance(eta=0.1, seed=0, num_contexts=3, num_actions=5, dim=4):
     generator = torch.Generator().manual_seed(seed)
-    return online.undercovered_instance(num_contexts, num_actions, dim, num_rare=2,
-                                        rare_mass=0.05, norm_bound=2.0, eta=eta,
-                                        generator=generator)
+    return online.undercovered_instance(num_contexts=num_contexts, num_actions=num_actions,
+                                        dim=dim, num_rare=2, rare_mass=0.05, norm_bound=2.0,
+                                        eta=eta, generator=generator)
+
+
+def mean_features(policy, features, context_probs):
+    """E_{x, a ~ pi} phi written out as an explicit double sum (independent of the package)."""
+    return sum(context_probs[x] * policy[..., x, a, None] * features[x, a]
+               for x in range(features.shape[0]) for a in range(features.shape[1]))
 
 
 def random_sigma(num, dim, generator):
@@ -37,9 +43,8 @@ def test_target_accuracy_closed_form(seed, eta):
     theta = 2 * torch.randn(6, instance.dim, dtype=torch.float64, generator=generator)
     main = gu.gibbs_policy(instance.ref_probs, instance.rewards(theta), eta)
     value = online.target_accuracy(instance, main)
-    mean_star = online.policy_mean_features(instance.optimal_policy(), instance.features,
-                                            instance.context_probs)
-    mean_main = online.policy_mean_features(main, instance.features, instance.context_probs)
+    mean_star = mean_features(instance.optimal_policy(), instance.features, instance.context_probs)
+    mean_main = mean_features(main, instance.features, instance.context_probs)
     closed = ((instance.theta_star - theta) * (mean_star - mean_main)).sum(-1)
     assert torch.allclose(value, closed, rtol=1e-9, atol=1e-11)
     assert (value >= -1e-12).all()
@@ -65,12 +70,10 @@ def enhancer_problem(seed, beta=5.0, eta=0.1, num=4):
 @given(st.integers(0, 10**6), st.floats(0.05, 50.0), st.floats(0.01, 10.0))
 def test_enhancer_satisfies_budget(seed, beta, eta):
     instance, main, sigma, generator = enhancer_problem(seed, beta, eta)
-    result = online.enhancer_policy(main, instance.features, instance.context_probs, sigma, beta,
-                                    eta, generator)
-    # independent recomputation: Cholesky-solve norm and gu.kl_divergence
-    diff = (online.policy_mean_features(main, instance.features, instance.context_probs)
-            - online.policy_mean_features(result.policy, instance.features,
-                                          instance.context_probs))
+    result = online.enhancer_policy(instance, main, sigma=sigma, beta=beta, generator=generator)
+    # independent recomputation: a linear solve for the norm and gu.kl_divergence
+    diff = (mean_features(main, instance.features, instance.context_probs)
+            - mean_features(result.policy, instance.features, instance.context_probs))
     gamma = beta * torch.sqrt((diff * torch.linalg.solve(sigma, diff)).sum(-1))
     kl = gu.kl_divergence(result.policy, main) @ instance.context_probs
     assert (eta * kl <= gamma + 1e-10).all()
@@ -87,7 +90,7 @@ def brute_force_tilt_maximum(main, features, context_probs, sigma, beta, eta, nu
     shift = scales[:, None, None, None] * torch.einsum("xkd,ad->axk", features, directions)
     policy = torch.softmax(torch.log(main) + shift, -1)  # [G, A, X, K]
     means = torch.einsum("gaxk,xkd->gad", policy * context_probs[:, None], features)
-    diff = online.policy_mean_features(main, features, context_probs) - means
+    diff = mean_features(main, features, context_probs) - means
     gamma = beta * torch.sqrt((diff * torch.linalg.solve(sigma, diff.unsqueeze(-1))
                                .squeeze(-1)).sum(-1))
     kl = gu.kl_divergence(policy, main) @ context_probs
@@ -106,9 +109,11 @@ def test_enhancer_close_to_brute_force_in_two_dimensions(seed, beta):
     main = torch.softmax(torch.randn(3, 6, dtype=torch.float64, generator=generator), -1)
     sigma = random_sigma(1, 2, generator)[0]
     eta = 0.2
+    bandit = gu.LinearBTBandit(features, torch.zeros(2, dtype=torch.float64), main,
+                               context_probs, eta)
     reference = brute_force_tilt_maximum(main, features, context_probs, sigma, beta, eta)
-    result = online.enhancer_policy(main[None], features, context_probs, sigma[None], beta, eta,
-                                    generator)
+    result = online.enhancer_policy(bandit, main[None], sigma=sigma[None], beta=beta,
+                                    generator=generator)
     assert float(result.gamma[0]) >= 0.99 * float(reference)
     assert float(result.slack[0]) >= 0
 
@@ -116,8 +121,7 @@ def test_enhancer_close_to_brute_force_in_two_dimensions(seed, beta):
 def test_enhancer_falls_back_to_main_when_nothing_is_feasible():
     """With a tiny radius and a large eta only pi1 itself (Gamma = KL = 0) is affordable."""
     instance, main, sigma, generator = enhancer_problem(3, beta=1e-9, eta=1e3)
-    result = online.enhancer_policy(main, instance.features, instance.context_probs, sigma,
-                                    1e-9, 1e3, generator)
+    result = online.enhancer_policy(instance, main, sigma=sigma, beta=1e-9, generator=generator)
     assert (result.slack >= 0).all()
     tilted = result.scale > 0
     assert torch.equal(result.policy[~tilted], main[~tilted])
@@ -125,35 +129,62 @@ def test_enhancer_falls_back_to_main_when_nothing_is_feasible():
 
 def test_enhancer_bad_input():
     instance, main, sigma, generator = enhancer_problem(0)
-    args = (main, instance.features, instance.context_probs, sigma)
     with pytest.raises(ValueError, match="beta"):
-        online.enhancer_policy(*args, 0.0, 0.1, generator)
-    with pytest.raises(ValueError, match="eta"):
-        online.enhancer_policy(*args, 1.0, -1.0, generator)
+        online.enhancer_policy(instance, main, sigma=sigma, beta=0.0, generator=generator)
     with pytest.raises(ValueError, match="scales"):
-        online.enhancer_policy(*args, 1.0, 0.1, generator, scales=(1.0, -2.0))
+        online.enhancer_policy(instance, main, sigma=sigma, beta=1.0, generator=generator,
+                               scales=(1.0, -2.0))
     with pytest.raises(ValueError, match="main"):
-        online.enhancer_policy(main[0], *args[1:], 1.0, 0.1, generator)
+        online.enhancer_policy(instance, main[0], sigma=sigma, beta=1.0, generator=generator)
+    with pytest.raises(ValueError, match="generator"):
+        online.enhancer_policy(instance, main, sigma=sigma, beta=1.0, generator=0)
+
+
+def test_enhancer_direction_against_brute_force_over_the_simplex():
+    """One context, three actions: every policy of a fine grid of the simplex that satisfies the
+    budget is a competitor (not only tilts). The enhancer must reach at least 99% of the best
+    Gamma among them, and a search in the opposite direction (towards pi*'s side instead of away
+    from the main agent's mean) would not."""
+    features = torch.tensor([[[1.0, 0.0], [0.0, 0.8], [-0.6, -0.6]]], dtype=torch.float64)
+    main = torch.tensor([[0.7, 0.2, 0.1]], dtype=torch.float64)
+    bandit = gu.LinearBTBandit(features, torch.zeros(2, dtype=torch.float64), main,
+                               torch.ones(1, dtype=torch.float64), 0.3)
+    sigma = torch.tensor([[[4.0, 1.0], [1.0, 2.0]]], dtype=torch.float64)
+    steps = 300
+    grid = torch.tensor([(i / steps, j / steps, (steps - i - j) / steps)
+                         for i in range(steps + 1) for j in range(steps + 1 - i)],
+                        dtype=torch.float64)[:, None]  # [points, 1, 3]
+    diff = mean_features(main, features, torch.ones(1)) - mean_features(grid, features,
+                                                                        torch.ones(1))
+    gamma = 2.0 * torch.sqrt((diff * torch.linalg.solve(sigma, diff.unsqueeze(-1))
+                              .squeeze(-1)).sum(-1))
+    kl = gu.kl_divergence(grid, main)[:, 0]
+    best = torch.where(0.3 * kl <= gamma, gamma, 0.0).max()
+    result = online.enhancer_policy(bandit, main[None], sigma=sigma, beta=2.0,
+                                    generator=torch.Generator().manual_seed(0))
+    assert float(result.gamma[0]) >= 0.99 * float(best)
+    assert float(result.slack[0]) >= 0
 
 
 # --- the online loop ------------------------------------------------------------------------
 
 
+RUN = dict(num_batches=3, batch_size=20, num_seeds=5, beta=5.0, reg=1.0)
+
+
 @pytest.fixture(scope="module")
 def tiny_runs():
     instance = small_instance()
-    return instance, {
-        method: online.run_online(instance, method, 3, 20, 5, torch.Generator().manual_seed(1),
-                                  beta=5.0, validation_size=50)
-        for method in online.METHODS
-    }
+    return instance, {method: online.run_online(instance, method=method, **RUN,
+                                                generator=torch.Generator().manual_seed(1))
+                      for method in online.METHODS}
 
 
 def test_run_online_shapes_and_consistency(tiny_runs):
     instance, runs = tiny_runs
     for run in runs.values():
         assert run.theta_hat.shape == (4, 5, instance.dim)
-        assert run.target.shape == run.output_target.shape == (4, 5)
+        assert run.target.shape == (4, 5)
         assert len(run.data) == 60
         # theta_hat[k] is the MLE on the first k batches; Sigma_k their design matrix
         for k in (1, 3):
@@ -163,30 +194,53 @@ def test_run_online_shapes_and_consistency(tiny_runs):
             sigma = torch.eye(instance.dim, dtype=torch.float64) + data_z.transpose(1, 2) @ data_z
             assert torch.allclose(run.sigma[k], sigma)
         assert torch.equal(run.theta_hat[0], torch.zeros_like(run.theta_hat[0]))
-        assert torch.allclose(run.target, online.target_accuracy(instance, run.main_policies))
-        # the output is the best iterate so far on the validation pairs
-        best = torch.stack([run.validation_loglik[: k + 1].argmax(0) for k in range(4)])
-        assert torch.equal(run.output_index, best)
-        assert (run.output_index <= torch.arange(4)[:, None]).all()
+        # the main agents are the Gibbs policies of the fits; the target their closed form
+        gibbs = gu.gibbs_policy(instance.ref_probs, instance.rewards(run.theta_hat), instance.eta)
+        assert torch.allclose(run.main_policies, gibbs)
+        mean_star = mean_features(instance.optimal_policy(), instance.features,
+                                  instance.context_probs)
+        closed = ((instance.theta_star - run.theta_hat)
+                  * (mean_star - mean_features(gibbs, instance.features,
+                                               instance.context_probs))).sum(-1)
+        assert torch.allclose(run.target, closed, rtol=1e-9, atol=1e-11)
 
 
 def test_run_online_pairs_come_from_the_right_policies(tiny_runs):
     instance, runs = tiny_runs
-    self_play = runs["self_play"]
-    assert (self_play.kl.abs() < 1e-12).all() and (self_play.gamma == 0).all()
+    on_policy = runs["on_policy"]
+    assert (on_policy.kl.abs() < 1e-12).all() and (on_policy.gamma == 0).all()
     offline = runs["offline"]
     assert (offline.gamma == 0).all()  # pi0 against pi0: no expected difference
     assert torch.allclose(offline.second_policies, instance.ref_probs.expand_as(
         offline.second_policies))
     assert (runs["enhancer"].slack >= 0).all()
+    # offline pairs never depend on the estimate: both actions drawn from pi0, whatever theta_hat
+    assert torch.allclose(runs["reference"].second_policies,
+                          instance.ref_probs.expand_as(runs["reference"].second_policies))
+
+
+def test_run_online_uses_its_batch_size_and_ridge():
+    """batch_size sets the pairs per batch; reg enters both the MLE and Sigma_0 = reg I, as a
+    direct computation on the collected data predicts."""
+    instance = small_instance()
+    run = online.run_online(instance, method="reference", num_batches=2, batch_size=7,
+                            num_seeds=3, beta=2.0, reg=5.0,
+                            generator=torch.Generator().manual_seed(3))
+    assert len(run.data) == 14 and run.comparisons.tolist() == [0.0, 7.0, 14.0]
+    assert torch.allclose(run.sigma[0], 5.0 * torch.eye(instance.dim, dtype=torch.float64))
+    z, y = run.data.feature_diffs, run.data.labels
+    assert torch.allclose(run.theta_hat[2], fit_bt_mle(z, y, 5.0), atol=1e-8)
+    assert not torch.allclose(run.theta_hat[2], fit_bt_mle(z, y, 1.0), atol=1e-4)
+    assert torch.allclose(run.sigma[2], 5.0 * torch.eye(instance.dim, dtype=torch.float64)
+                          + z.transpose(1, 2) @ z)
 
 
 def test_run_online_is_deterministic():
     instance = small_instance()
-    first = online.run_online(instance, "enhancer", 2, 10, 3, torch.Generator().manual_seed(5),
-                              beta=2.0, validation_size=20)
-    second = online.run_online(instance, "enhancer", 2, 10, 3, torch.Generator().manual_seed(5),
-                               beta=2.0, validation_size=20)
+    arguments = dict(method="enhancer", num_batches=2, batch_size=10, num_seeds=3, beta=2.0,
+                     reg=1.0)
+    first = online.run_online(instance, **arguments, generator=torch.Generator().manual_seed(5))
+    second = online.run_online(instance, **arguments, generator=torch.Generator().manual_seed(5))
     assert torch.equal(first.target, second.target)
     assert torch.equal(first.data.labels, second.data.labels)
 
@@ -196,8 +250,9 @@ def test_run_online_hybrid_start_enters_sigma_and_mle():
     generator = torch.Generator().manual_seed(2)
     offline = instance.sample_preferences(30, instance.ref_probs, instance.ref_probs, generator,
                                           (4,))
-    run = online.run_online(instance, "reference", 2, 10, 4, generator, beta=2.0,
-                            initial_data=offline, validation_size=20)
+    run = online.run_online(instance, method="reference", num_batches=2, batch_size=10,
+                            num_seeds=4, beta=2.0, reg=1.0, generator=generator,
+                            initial_data=offline)
     assert run.initial_size == 30 and len(run.data) == 50
     assert torch.allclose(run.theta_hat[0], fit_bt_mle(offline.feature_diffs, offline.labels, 1.0),
                           atol=1e-8)
@@ -211,8 +266,8 @@ def test_run_online_hybrid_start_enters_sigma_and_mle():
     [
         (dict(batch_size=0), "batch_size"),
         (dict(batch_size=-3), "batch_size"),
-        (dict(num_iterations=0), "num_iterations"),
-        (dict(num_iterations=2.5), "num_iterations"),
+        (dict(num_batches=0), "num_batches"),
+        (dict(num_batches=2.5), "num_batches"),
         (dict(method="explore"), "method"),
         (dict(beta=0.0), "beta"),
         (dict(reg=-1.0), "reg"),
@@ -221,8 +276,8 @@ def test_run_online_hybrid_start_enters_sigma_and_mle():
 )
 def test_run_online_bad_input(kwargs, match):
     instance = small_instance()
-    arguments = dict(method="enhancer", num_iterations=2, batch_size=5, num_seeds=2,
-                     generator=torch.Generator().manual_seed(0), beta=1.0)
+    arguments = dict(method="enhancer", num_batches=2, batch_size=5, num_seeds=2,
+                     generator=torch.Generator().manual_seed(0), beta=1.0, reg=1.0)
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=match):
         online.run_online(instance, **arguments)
@@ -234,8 +289,8 @@ def test_run_online_rejects_initial_data_of_wrong_batch():
     offline = instance.sample_preferences(5, instance.ref_probs, instance.ref_probs, generator,
                                           (3,))
     with pytest.raises(ValueError, match="initial_data"):
-        online.run_online(instance, "enhancer", 1, 5, 2, generator, beta=1.0,
-                          initial_data=offline)
+        online.run_online(instance, method="enhancer", num_batches=1, batch_size=5, num_seeds=2,
+                          beta=1.0, reg=1.0, generator=generator, initial_data=offline)
 
 
 # --- log det and the elliptical potential ---------------------------------------------------
@@ -255,7 +310,8 @@ def test_elliptical_potentials_match_direct_solves(seed, num_pairs, reg):
     log_ratio = torch.linalg.slogdet(sigma_n)[1] - 3 * math.log(reg)
     assert torch.allclose(torch.log1p(potentials).sum(-1), log_ratio, rtol=1e-9, atol=1e-10)
     assert (potentials.clamp_max(1).sum(-1) <= 2 * log_ratio + 1e-10).all()
-    bound = online.log_det_bound(num_pairs, 3, reg, float(z.norm(dim=-1).max()))
+    bound = online.log_det_bound(num_pairs, dim=3, reg=reg,
+                                 feature_diff_bound=float(z.norm(dim=-1).max()))
     assert (log_ratio <= bound + 1e-10).all()
 
 
@@ -282,7 +338,18 @@ def test_undercovered_instance_structure():
     assert (instance.features[:, 2:, 3:] == 0).all()  # common actions: no rare coordinates
     assert (instance.features.norm(dim=-1) <= 1 + 1e-12).all()
     assert instance.theta_star.norm().item() == pytest.approx(2.0)
+    shape = dict(num_contexts=2, num_actions=4, dim=4, norm_bound=1.0, eta=0.1,
+                 generator=torch.Generator())
     with pytest.raises(ValueError, match="rare_mass"):
-        online.undercovered_instance(2, 4, 4, 1, 1.5, 1.0, 0.1, torch.Generator())
+        online.undercovered_instance(**shape, num_rare=1, rare_mass=1.5)
     with pytest.raises(ValueError, match="num_rare"):
-        online.undercovered_instance(2, 4, 4, 4, 0.1, 1.0, 0.1, torch.Generator())
+        online.undercovered_instance(**shape, num_rare=4, rare_mass=0.1)
+
+
+def test_paper_batch_schedule_by_hand():
+    # d = 8: T - 8 log T changes sign between 26 and 27; m = ceil(d / (gamma eps)^2)
+    assert online.paper_batch_schedule(dim=8, gamma=0.1, epsilon=0.5) == (3200, 27)
+    assert 26 < 8 * math.log(26) and 27 >= 8 * math.log(27)
+    assert online.paper_batch_schedule(dim=2, gamma=0.5, epsilon=1.0)[1] == 2
+    with pytest.raises(ValueError, match="gamma"):
+        online.paper_batch_schedule(dim=8, gamma=0.0, epsilon=0.5)

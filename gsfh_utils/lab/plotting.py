@@ -213,3 +213,89 @@ def coverage_dial_figure(frame, *, n: int):
            ylabel=f"mean suboptimality at n = {n} (± 2 SE)", title="The coverage dial")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 03 · Online learning with batch exploration.
+# --------------------------------------------------------------------------------------------
+
+
+def enhancer_figure(frame):
+    """Left: the enhancer's uncertainty, pi*'s, the KL budget used and the accuracy per batch;
+    right: the KL of the second response to the main agent (``frame``: columns ``batch``,
+    ``seed``, ``quantity``, ``value``; quantities starting with ``KL`` go right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for index, (quantity, part) in enumerate(frame.groupby("quantity", sort=False)):
+        ax = axes[1] if quantity.startswith("KL") else axes[0]
+        _quantile_curve(ax, part, "batch", "value", quantity, color=f"C{index}")
+    axes[0].set(yscale="log", xlabel="batch $t$", ylabel="median, IQR over seeds",
+                title="Enhancer: uncertainty, KL spent, certificate")
+    axes[1].set(xlabel="batch $t$", ylabel="nats",
+                title="How far the second response moves from the main agent")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def log_det_figure(frame, *, dim: int, reg: float):
+    """Growth of ``log det Sigma`` against comparisons per method (``frame``: columns
+    ``comparisons``, ``seed``, ``method``, ``log_det_growth``), with the worst-case bound."""
+    fig, ax = plt.subplots()
+    for method, part in frame.groupby("method", sort=False):
+        _quantile_curve(ax, part, "comparisons", "log_det_growth", method)
+    comparisons = torch.tensor(sorted(frame["comparisons"].unique()), dtype=torch.float64)
+    ax.plot(comparisons, dim * torch.log1p(4 * comparisons / (dim * reg)), "k--",
+            label=r"bound $d\log(1 + 4n/(d\lambda))$")
+    ax.set(xlabel="comparisons $n$", ylabel=r"$\log\det\Sigma_n - \log\det\Sigma_0$",
+           title="Information collected (log det of the design)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def accuracy_figure(frame, *, eta: float):
+    """The main agent's accuracy against online comparisons per method (``frame``: columns
+    ``comparisons``, ``seed``, ``method``, ``accuracy``)."""
+    fig, ax = plt.subplots()
+    for method, part in frame.groupby("method", sort=False):
+        _quantile_curve(ax, part, "comparisons", "accuracy", method)
+    ax.set(yscale="log", xlabel="online comparisons",
+           ylabel=r"$J(\pi^*) - J(\pi^1) + \eta\,\mathbb{E}\,\mathrm{KL}(\pi^*\|\pi^1)$",
+           title=rf"Accuracy of the main agent (median, IQR over seeds), $\eta = {eta:g}$")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def eta_sweep_figure(frame):
+    """Final accuracy against ``eta`` per method, one panel per instance (``frame``: columns
+    ``instance``, ``eta``, ``method``, ``seed``, ``accuracy``)."""
+    instances = list(dict.fromkeys(frame["instance"]))
+    fig, axes = plt.subplots(1, len(instances), figsize=(11, 4.2), sharey=True, squeeze=False)
+    methods = list(dict.fromkeys(frame["method"]))
+    for ax, instance in zip(axes[0], instances, strict=True):
+        for index, method in enumerate(methods):
+            part = frame[(frame["instance"] == instance) & (frame["method"] == method)]
+            grouped = part.groupby("eta")["accuracy"]
+            mid, low, high = grouped.median(), grouped.quantile(0.25), grouped.quantile(0.75)
+            shift = 1 + 0.06 * (index - (len(methods) - 1) / 2)  # side by side
+            ax.errorbar(mid.index * shift, mid, yerr=[mid - low, high - mid], fmt="o-",
+                        capsize=3, color=f"C{index}", label=method)
+        ax.set(xscale="log", yscale="log", xlabel=r"$\eta$", title=f"{instance} instance")
+        etas = sorted(frame["eta"].unique())
+        ax.set_xticks(etas, [f"{eta:g}" for eta in etas])
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    axes[0][0].set_ylabel("final accuracy (median, IQR)")
+    axes[0][0].legend(fontsize=8)
+    return fig
+
+
+def hybrid_figure(frame, *, catch_up: float):
+    """The main agent's accuracy against online batches per offline start (``frame``: columns
+    ``batches``, ``seed``, ``start``, ``accuracy``), with the catch-up level."""
+    fig, ax = plt.subplots()
+    for start, part in frame.groupby("start", sort=False):
+        _quantile_curve(ax, part, "batches", "accuracy", start)
+    ax.axhline(catch_up, color="grey", ls=":", lw=1, label="catch-up level")
+    ax.set(yscale="log", xlabel="online batches",
+           ylabel=r"accuracy of the main agent (median, IQR)", title="The hybrid start")
+    ax.legend(fontsize=8)
+    return fig

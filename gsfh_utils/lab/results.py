@@ -157,7 +157,8 @@ def tidy(values, value_name: str, **coordinates) -> pd.DataFrame:
     import numpy as np
 
     array = np.asarray(values, dtype=np.float64)
-    labels = {name: list(label) for name, label in coordinates.items()}
+    labels = {name: label.tolist() if hasattr(label, "tolist") else list(label)
+              for name, label in coordinates.items()}
     if array.shape != tuple(len(label) for label in labels.values()):
         raise ValueError(f"values have shape {array.shape} but the coordinates {list(labels)} "
                          f"have lengths {[len(label) for label in labels.values()]}")
