@@ -1,4 +1,5 @@
-"""DPO as the Gibbs oracle applied to the Bradley-Terry MLE, and iterative DPO (PAPER.md section 5).
+"""DPO as the Gibbs oracle applied to the Bradley-Terry MLE, RSO, and iterative DPO (Xiong et
+al., arXiv:2312.11456, section 5 "Implementations of GSHF"; notebook 04).
 
 - ``dpo_loss``: the per-pair DPO loss on log-probabilities, with its variants (sigmoid with
   conservative label smoothing as in cDPO, IPO, hinge as in SLiC/RSO).
@@ -156,8 +157,9 @@ def _check_pairs(chosen_minus_rejected, weights):
     return z, weights
 
 
-def dpo_objective_linear(w, chosen_minus_rejected, eta, reg, loss_type="sigmoid",
-                         label_smoothing=0.0, weights=None) -> torch.Tensor:
+def dpo_objective_linear(w, chosen_minus_rejected, *, eta: float, reg: float,
+                         loss_type: str = "sigmoid", label_smoothing: float = 0.0,
+                         weights=None) -> torch.Tensor:
     """``sum_i weight_i dpo_loss(h_i) + reg/2 ||eta w||^2`` with ``h_i = <w, z_i>`` (batched).
 
     ``z_i = phi(x_i, chosen_i) - phi(x_i, rejected_i)``: the DPO margin of ``pi_w`` against its
@@ -170,9 +172,9 @@ def dpo_objective_linear(w, chosen_minus_rejected, eta, reg, loss_type="sigmoid"
     return (weights * loss).sum(-1) + 0.5 * reg * eta**2 * (w * w).sum(-1)
 
 
-def train_dpo_linear(chosen_minus_rejected, eta, reg: float, loss_type: str = "sigmoid",
-                     label_smoothing: float = 0.0, weights=None, tol: float = DPO_TOLERANCE,
-                     max_iter: int = 100) -> DPOFit:
+def train_dpo_linear(chosen_minus_rejected, *, eta: float, reg: float,
+                     loss_type: str = "sigmoid", label_smoothing: float = 0.0, weights=None,
+                     tol: float = DPO_TOLERANCE, max_iter: int = 100) -> DPOFit:
     """Minimise the regularised DPO objective over the linear-softmax class (batched).
 
     Objective: ``L(w) = sum_i weight_i l(<w, z_i>) + reg/2 ||eta w||^2`` with ``l`` the per-pair
@@ -242,13 +244,13 @@ def one_hot_features(num_contexts: int, num_actions: int) -> torch.Tensor:
         num_contexts, num_actions, num_contexts * num_actions)
 
 
-def pair_feature_diffs(features, contexts, first, second) -> torch.Tensor:
+def pair_feature_diffs(features, *, contexts, first, second) -> torch.Tensor:
     """``phi(x_i, first_i) - phi(x_i, second_i)``: ``features [X, K, d]``, indices ``[..., n]``."""
     features = torch.as_tensor(features, dtype=torch.float64)
     return features[contexts, first] - features[contexts, second]
 
 
-def chosen_rejected(first, second, labels):
+def chosen_rejected(*, first, second, labels):
     """Chosen and rejected actions of labelled pairs (``labels = 1``: ``first`` preferred)."""
     labels = torch.as_tensor(labels)
     if not ((labels == 0) | (labels == 1)).all():
@@ -257,7 +259,7 @@ def chosen_rejected(first, second, labels):
     return torch.where(prefer_first, first, second), torch.where(prefer_first, second, first)
 
 
-def linear_policy(ref_probs, features, w) -> torch.Tensor:
+def linear_policy(ref_probs, *, features, w) -> torch.Tensor:
     """``pi_w(a|x) ∝ pi_ref(a|x) exp(<w, phi(x,a)>)``: ``ref_probs [..., X, K]``,
     ``features [X, K, d]``, ``w [..., d]`` -> ``[..., X, K]`` (log space)."""
     ref_probs = check_probs(ref_probs, "ref_probs")
@@ -265,7 +267,7 @@ def linear_policy(ref_probs, features, w) -> torch.Tensor:
     return torch.softmax(logits, dim=-1)
 
 
-def train_dpo_tabular(ref_probs, contexts, chosen, rejected, eta, reg: float,
+def train_dpo_tabular(ref_probs, *, contexts, chosen, rejected, eta: float, reg: float,
                       loss_type: str = "sigmoid", label_smoothing: float = 0.0,
                       tol: float = DPO_TOLERANCE, max_iter: int = 100):
     """DPO over the tabular softmax class: one free logit per (context, action) (batched).
@@ -278,8 +280,9 @@ def train_dpo_tabular(ref_probs, contexts, chosen, rejected, eta, reg: float,
     ref_probs = check_probs(ref_probs, "ref_probs")
     num_contexts, num_actions = ref_probs.shape[-2:]
     features = one_hot_features(num_contexts, num_actions)
-    z = pair_feature_diffs(features, contexts, chosen, rejected)
-    fit = train_dpo_linear(z, eta, reg, loss_type, label_smoothing, tol=tol, max_iter=max_iter)
+    z = pair_feature_diffs(features, contexts=contexts, first=chosen, second=rejected)
+    fit = train_dpo_linear(z, eta=eta, reg=reg, loss_type=loss_type,
+                           label_smoothing=label_smoothing, tol=tol, max_iter=max_iter)
     w = fit.w.reshape(*fit.w.shape[:-1], num_contexts, num_actions)
     policy = torch.softmax(torch.log(ref_probs) + w, dim=-1)
     return policy, DPOFit(w=w, theta=eta * w, grad_norm=fit.grad_norm, iterations=fit.iterations)
@@ -299,6 +302,19 @@ def _features(bandit, features) -> torch.Tensor:
         raise ValueError(f"features must have shape [{bandit.num_contexts}, "
                          f"{bandit.num_actions}, d], got {tuple(features.shape)}")
     return features
+
+
+def _comparison_diffs(features, data) -> torch.Tensor:
+    """``phi(x, a1) - phi(x, a2)`` of labelled comparisons (``Preferences``), in ``features``."""
+    return pair_feature_diffs(features, contexts=data.contexts, first=data.first_actions,
+                              second=data.second_actions)
+
+
+def _dpo_pairs(features, data) -> torch.Tensor:
+    """``phi(x, chosen) - phi(x, rejected)`` of labelled comparisons: the DPO margins' features."""
+    chosen, rejected = chosen_rejected(first=data.first_actions, second=data.second_actions,
+                                       labels=data.labels)
+    return pair_feature_diffs(features, contexts=data.contexts, first=chosen, second=rejected)
 
 
 def select_pairs(scores, selector: str, generator: torch.Generator):
@@ -341,11 +357,11 @@ class IterativeDPOResult:
     num_pairs: list
 
 
-def iterative_dpo(bandit, offline, num_iterations: int, pairs_per_iteration: int,
-                  responses_per_prompt: int, selector: str, generator: torch.Generator,
-                  reg: float, reference: str = "fixed", features=None,
+def iterative_dpo(bandit, offline, *, num_iterations: int, pairs_per_iteration: int,
+                  responses_per_prompt: int, selector: str, reg: float,
+                  generator: torch.Generator, reference: str = "fixed", features=None,
                   tol: float = DPO_TOLERANCE) -> IterativeDPOResult:
-    """Iterative (online) DPO, the practical form of online GSHF (PAPER.md section 5).
+    """Iterative (online) DPO, the practical form of online GSHF (the paper's section 5).
 
     ``bandit``: a ``LinearBTBandit`` (its ``eta`` is DPO's coefficient, its ``theta*`` labels the
     pairs); ``offline``: ``Preferences`` with batch shape ``[S]`` (seeds) to start from. For
@@ -382,10 +398,8 @@ def iterative_dpo(bandit, offline, num_iterations: int, pairs_per_iteration: int
     data = offline
     policies, num_pairs = [], []
     for iteration in range(num_iterations + 1):
-        chosen, rejected = chosen_rejected(data.first_actions, data.second_actions, data.labels)
-        z = pair_feature_diffs(features, data.contexts, chosen, rejected)
-        fit = train_dpo_linear(z, eta, reg, tol=tol)
-        policy = linear_policy(ref, features, fit.w)
+        fit = train_dpo_linear(_dpo_pairs(features, data), eta=eta, reg=reg, tol=tol)
+        policy = linear_policy(ref, features=features, w=fit.w)
         policies.append(policy)
         num_pairs.append(len(data))
         if iteration == num_iterations:
@@ -414,29 +428,26 @@ def iterative_dpo(bandit, offline, num_iterations: int, pairs_per_iteration: int
     return IterativeDPOResult(policies=torch.stack(policies), data=data, num_pairs=num_pairs)
 
 
-def mle_gibbs_policy(bandit, data, reg: float, features=None) -> torch.Tensor:
+def mle_gibbs_policy(bandit, data, *, reg: float, features=None) -> torch.Tensor:
     """The Gibbs policy of the ridge BT MLE reward (``fit_bt_mle``) on ``data``: what DPO over a
-    class containing every Gibbs policy returns (PAPER.md section 5). Shape ``[..., X, K]``."""
+    class containing every Gibbs policy returns (notebook 04). Shape ``[..., X, K]``."""
     from .gibbs import gibbs_policy
 
     features = _features(bandit, features)
-    z = pair_feature_diffs(features, data.contexts, data.first_actions, data.second_actions)
-    theta = fit_bt_mle(z, data.labels, reg)
+    theta = fit_bt_mle(_comparison_diffs(features, data), data.labels, reg)
     rewards = torch.einsum("xkd,...d->...xk", features, theta)
     return gibbs_policy(bandit.ref_probs, rewards, bandit.eta)
 
 
-def offline_dpo(bandit, data, reg: float, features=None, tol: float = DPO_TOLERANCE):
+def offline_dpo(bandit, data, *, reg: float, features=None, tol: float = DPO_TOLERANCE):
     """Offline DPO: the sigmoid DPO objective on ``data`` (``Preferences``, batch ``[...]``) over
     ``pi_w ∝ pi0 exp(<w, phi>)``; returns the policy ``[..., X, K]``."""
     features = _features(bandit, features)
-    chosen, rejected = chosen_rejected(data.first_actions, data.second_actions, data.labels)
-    fit = train_dpo_linear(pair_feature_diffs(features, data.contexts, chosen, rejected),
-                           bandit.eta, reg, tol=tol)
-    return linear_policy(bandit.ref_probs, features, fit.w)
+    fit = train_dpo_linear(_dpo_pairs(features, data), eta=bandit.eta, reg=reg, tol=tol)
+    return linear_policy(bandit.ref_probs, features=features, w=fit.w)
 
 
-def rso_dpo(bandit, data, reg: float, num_pairs: int, pool_size: int,
+def rso_dpo(bandit, data, *, reg: float, num_pairs: int, pool_size: int,
             generator: torch.Generator, features=None, tol: float = DPO_TOLERANCE):
     """RSO (Liu et al. 2023) in miniature, batched over the seeds of ``data``.
 
@@ -454,8 +465,7 @@ def rso_dpo(bandit, data, reg: float, num_pairs: int, pool_size: int,
 
     features = _features(bandit, features)
     batch_shape = tuple(data.labels.shape[:-1])
-    z = pair_feature_diffs(features, data.contexts, data.first_actions, data.second_actions)
-    theta_rm = fit_bt_mle(z, data.labels, reg)
+    theta_rm = fit_bt_mle(_comparison_diffs(features, data), data.labels, reg)
     model_rewards = torch.einsum("xkd,...d->...xk", features, theta_rm)  # [..., X, K]
     contexts = bandit.sample_contexts(num_pairs, generator, batch_shape)
     rows = torch.gather(bandit.ref_probs.expand(*batch_shape, *bandit.ref_probs.shape), -2,
@@ -471,10 +481,10 @@ def rso_dpo(bandit, data, reg: float, num_pairs: int, pool_size: int,
               - torch.gather(reward_rows, -1, second.unsqueeze(-1))).squeeze(-1)
     uniforms = torch.rand(margin.shape, dtype=torch.float64, generator=generator)
     labels = (uniforms < torch.sigmoid(margin)).to(torch.float64)
-    chosen, rejected = chosen_rejected(first, second, labels)
-    fit = train_dpo_linear(pair_feature_diffs(features, contexts, chosen, rejected), bandit.eta,
-                           reg, tol=tol)
-    return linear_policy(bandit.ref_probs, features, fit.w)
+    chosen, rejected = chosen_rejected(first=first, second=second, labels=labels)
+    fit = train_dpo_linear(pair_feature_diffs(features, contexts=contexts, first=chosen,
+                                              second=rejected), eta=bandit.eta, reg=reg, tol=tol)
+    return linear_policy(bandit.ref_probs, features=features, w=fit.w)
 
 
 def gibbs_frontier_reward(bandit, kl_target, num_bisections: int = 100) -> torch.Tensor:
@@ -501,3 +511,66 @@ def gibbs_frontier_reward(bandit, kl_target, num_bisections: int = 100) -> torch
         low = torch.where(too_close, low, middle)
     policy = gibbs_policy(bandit.ref_probs, rewards, ((low + high) / 2).exp()[..., None])
     return ((policy * rewards).sum(-1) * weights).sum(-1)
+
+
+def policy_summary(bandit, policy) -> dict[str, torch.Tensor]:
+    """Exact ``J``, mean KL to ``pi0``, expected true reward and the reward deficit at its own KL
+    (``gibbs_frontier_reward(KL) - E_pi r*``) of ``policy [..., X, K]``, each ``[...]``."""
+    kl = bandit.expected_kl(policy)
+    reward = ((policy * bandit.rewards()).sum(-1) * bandit.context_probs).sum(-1)
+    return {"J": bandit.value(policy), "kl": kl, "reward": reward,
+            "deficit": gibbs_frontier_reward(bandit, kl) - reward}
+
+
+def dpo_mle_agreement(bandit, data, *, reg: float, features=None):
+    """How far DPO's trained policy is from the Gibbs policy of the BT MLE on the same ``data``
+    (over ``pi_w ∝ pi0 exp(<w, features>)``), and the bound the optimisation tolerances allow.
+
+    Both objectives are ``reg``-strongly convex in ``theta = eta w``, so points with gradient
+    norms ``g_DPO`` and ``g_MLE`` are within ``(g_DPO + g_MLE)/reg`` of each other's minimiser,
+    and ``log pi_theta(a) = <theta, phi(a)>/eta - log Z_theta`` moves by at most
+    ``2 max ||phi|| / eta`` per unit of ``theta``. Returns ``(gap, bound)``, each ``[...]``:
+    ``max_{x, a} |log pi_DPO - log pi_MLE|`` and ``2 max||phi|| (g_DPO + g_MLE) / (reg eta)``
+    plus float64 round-off (the claim of notebook 04 is ``gap <= bound``).
+    """
+    from .estimation import bt_gradient
+    from .gibbs import gibbs_log_policy
+    from .lab.stats import roundoff_tolerance
+
+    features = _features(bandit, features)
+    fit = train_dpo_linear(_dpo_pairs(features, data), eta=bandit.eta, reg=reg)
+    z = _comparison_diffs(features, data)
+    theta_mle = fit_bt_mle(z, data.labels, reg)
+    grad_mle = bt_gradient(theta_mle, z, data.labels, reg).norm(dim=-1)
+    dpo_log = torch.log(linear_policy(bandit.ref_probs, features=features, w=fit.w))
+    mle_log = gibbs_log_policy(bandit.ref_probs,
+                               torch.einsum("xkd,...d->...xk", features, theta_mle), bandit.eta)
+    gap = (dpo_log - mle_log).abs().amax((-1, -2))
+    bound = 2 * features.norm(dim=-1).max() * (fit.grad_norm + grad_mle) / (reg * bandit.eta)
+    return gap, bound + roundoff_tolerance(bandit.num_actions, mle_log.abs().amax((-1, -2)) + 1)
+
+
+def bt_likelihood_identity_error(bandit, data, w) -> torch.Tensor:
+    """Per pair, how far the DPO loss on the log-probabilities of ``pi_w ∝ pi0 exp(<w, phi>)``
+    (normalisers included) is from the Bradley-Terry negative log-likelihood at
+    ``theta = eta w``, divided by the float64 summation bound of the two computations: at most 1
+    if DPO is the BT likelihood of the implicit reward (notebook 04). ``w [..., d]`` against
+    ``data`` with batch shape ``[...]``; returns ``[..., n]``."""
+    from .lab.stats import roundoff_tolerance
+
+    log_policy = torch.log(linear_policy(bandit.ref_probs, features=bandit.features, w=w))
+    log_ref = torch.log(bandit.ref_probs)
+    chosen, rejected = chosen_rejected(first=data.first_actions, second=data.second_actions,
+                                       labels=data.labels)
+    contexts = data.contexts
+    rows = torch.arange(contexts.numel()).reshape(contexts.shape) // contexts.shape[-1]
+    flat = log_policy.reshape(-1, *log_policy.shape[-2:])
+    chosen_lp, rejected_lp = flat[rows, contexts, chosen], flat[rows, contexts, rejected]
+    ref_chosen, ref_rejected = log_ref[contexts, chosen], log_ref[contexts, rejected]
+    loss = dpo_loss(chosen_lp, rejected_lp, ref_chosen, ref_rejected, bandit.eta)
+    margin = (2 * data.labels - 1) * torch.einsum("...nd,...d->...n", data.feature_diffs,
+                                                  bandit.eta * w)
+    likelihood = F.softplus(-margin)
+    magnitude = (bandit.eta * (chosen_lp.abs() + rejected_lp.abs() + ref_chosen.abs()
+                               + ref_rejected.abs()) + margin.abs() + likelihood)
+    return (loss - likelihood).abs() / roundoff_tolerance(bandit.num_actions, magnitude)

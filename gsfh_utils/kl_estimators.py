@@ -1,5 +1,6 @@
 """Monte-Carlo estimators of KL(p || q) from samples of p, next to the exact KL (J. Schulman,
-"Approximating KL divergence", 2020; PAPER.md section 5 uses KL to measure drift).
+"Approximating KL divergence", 2020). RLHF monitors the KL of a policy to its reference with
+them; notebooks 04 and 05 measure their bias and variance.
 
 With ``a ~ p`` and ``log_ratio = log p(a)/q(a)``:
 
@@ -74,3 +75,34 @@ def kl_estimator_moments(p, q) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         mean = (p * value).sum(-1)
         moments[name] = (mean, (p * (value - mean.unsqueeze(-1)) ** 2).sum(-1))
     return moments
+
+
+def mean_error_ratio(p, q, name: str) -> torch.Tensor:
+    """``|E_p[k] - KL(p || q)|`` for the estimator ``name``, divided by the float64 summation
+    bound of the two sums (``gsfh_utils.lab.stats.roundoff_tolerance``): at most 1 where the
+    estimator is exactly unbiased (``k1`` always, ``k3`` when ``q``'s support is inside ``p``'s)."""
+    from .gibbs import kl_divergence
+    from .lab.stats import roundoff_tolerance
+
+    if name not in ESTIMATORS:
+        raise ValueError(f"name must be one of {ESTIMATORS}, got {name!r}")
+    p = check_probs(p, "p")
+    q = check_probs(q, "q")
+    mean, _ = kl_estimator_moments(p, q)[name]
+    log_ratio = torch.where(p > 0, torch.log(p) - torch.log(q), 0.0)
+    magnitude = (p * (log_ratio.abs() + torch.exp(-log_ratio) + 1)).sum(-1)
+    return (mean - kl_divergence(p, q)).abs() / roundoff_tolerance(p.shape[-1], magnitude)
+
+
+def monte_carlo_means(p, q, num_draws: int, generator: torch.Generator):
+    """Sample means of ``k1, k2, k3`` from ``num_draws`` draws of each row of ``p [..., K]``, and
+    their distance to the exact means in standard errors (``kl_estimator_moments``): returns
+    ``(means, standardised_errors)``, dicts of ``[...]`` tensors."""
+    p, q = check_probs(p, "p"), check_probs(q, "q")
+    draws = torch.multinomial(p.reshape(-1, p.shape[-1]), num_draws, replacement=True,
+                              generator=generator).reshape(*p.shape[:-1], num_draws)
+    means = {k: v.mean(-1) for k, v in kl_estimates_from_samples(draws, p, q).items()}
+    moments = kl_estimator_moments(p, q)
+    errors = {k: (means[k] - moments[k][0]).abs()
+              / (moments[k][1] / num_draws).sqrt().clamp_min(1e-300) for k in means}
+    return means, errors

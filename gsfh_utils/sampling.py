@@ -257,3 +257,27 @@ def multi_step_rejection_sample(ref_probs, rewards, etas, num_samples: int,
             counts.scatter_add_(-1, samples, torch.ones_like(samples, dtype=torch.float64))
             current = counts / num_samples
     return samples, torch.stack(rates), total
+
+
+def rso_bias(ref_probs, rewards, eta: float, *, num_samples: int, pool_size: int,
+             num_runs: int, generator: torch.Generator):
+    """The bias of RSO's finite-pool sampler, measured on ``num_runs`` independent runs (pools).
+
+    Every run draws a pool of ``pool_size`` for each row (prompt) of ``ref_probs [X, K]`` and keeps
+    ``num_samples`` by ``rso_select``. Returns ``(deficit, tv)``: ``deficit [num_runs]`` is
+    ``E_{pi_r} r - mean reward of the accepted draws``, averaged over prompts, one independent
+    value per run (draws within a run are dependent); ``tv`` the mean over prompts of the total
+    variation between the law of all accepted draws and the Gibbs policy ``pi_r``.
+    """
+    from .gibbs import total_variation
+    from .lab.stats import empirical_counts
+
+    check_positive_int(num_runs, "num_runs")
+    ref_probs, rewards = check_probs(ref_probs, "ref_probs"), check_rewards(rewards)
+    target = gibbs_policy(ref_probs, rewards, eta)
+    draws = rso_sample(ref_probs.expand(num_runs, *ref_probs.shape), rewards, eta, num_samples,
+                       pool_size, generator).transpose(0, 1)  # [X, runs, n]
+    accepted = rewards.gather(-1, draws.reshape(len(ref_probs), -1)).reshape(draws.shape)
+    deficit = ((target * rewards).sum(-1, keepdim=True) - accepted.mean(-1)).mean(0)
+    law = empirical_counts(draws.reshape(len(ref_probs), -1), ref_probs.shape[-1])
+    return deficit, total_variation(law / law.sum(-1, keepdim=True), target).mean()

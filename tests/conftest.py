@@ -109,14 +109,13 @@ def policies_on_support(draw, ref_probs: torch.Tensor, allow_zeros: bool = True,
 
 
 @pytest.fixture(autouse=True)
-def output_dirs(tmp_path, monkeypatch):
-    """Point figures and results at ``tmp_path`` so no test writes into the repository.
+def run_folder(tmp_path, monkeypatch):
+    """Point notebook runs at ``tmp_path / "run"`` so no test writes into the repository.
 
-    Autouse: every test gets its own folders, and ``monkeypatch`` restores the environment even
-    when the code under test (the runner's ``main``) sets the variables itself.
+    Autouse: every test gets its own run folder and no ``$GSFH_NOTEBOOK`` from the environment;
+    ``monkeypatch`` restores both even when the code under test (the runner) sets them itself.
     """
-    figures = tmp_path / "figures"
-    results = tmp_path / "results"
-    monkeypatch.setenv("GSFH_FIGURES_DIR", str(figures))
-    monkeypatch.setenv("GSFH_RESULTS_DIR", str(results))
-    return {"figures": figures, "results": results}
+    folder = tmp_path / "run"
+    monkeypatch.setenv("GSFH_RUN_DIR", str(folder))
+    monkeypatch.delenv("GSFH_NOTEBOOK", raising=False)
+    return folder

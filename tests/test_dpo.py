@@ -114,7 +114,7 @@ def test_sigmoid_dpo_fit_is_the_bt_mle():
     labels[..., ::3] = 0.0
     signs = (2 * labels - 1).unsqueeze(-1)
     eta, reg = 0.3, 0.5
-    fit = dpo.train_dpo_linear(signs * z, eta, reg)
+    fit = dpo.train_dpo_linear(signs * z, eta=eta, reg=reg)
     theta = fit_bt_mle(z, labels, reg)
     assert (fit.grad_norm <= dpo.DPO_TOLERANCE).all()
     assert torch.allclose(fit.theta, theta, atol=4 * dpo.DPO_TOLERANCE / reg)
@@ -124,7 +124,7 @@ def test_sigmoid_dpo_fit_is_the_bt_mle():
 def test_ipo_fit_matches_normal_equations():
     z, _ = _problem(2, batch=(2,))
     eta, reg = 0.5, 0.3
-    fit = dpo.train_dpo_linear(z, eta, reg, loss_type="ipo")
+    fit = dpo.train_dpo_linear(z, eta=eta, reg=reg, loss_type="ipo")
     # minimise sum (<w, z_i> - c)^2 + reg/2 eta^2 ||w||^2, c = 1/(2 eta)
     dim = z.shape[-1]
     lhs = 2 * z.transpose(-1, -2) @ z + reg * eta**2 * torch.eye(dim, dtype=torch.float64)
@@ -136,7 +136,7 @@ def test_ipo_fit_matches_normal_equations():
 def test_label_smoothed_fit_matches_scipy():
     z, _ = _problem(3, batch=(), num_pairs=30, dim=3)
     eta, reg, ls = 0.8, 0.2, 0.15
-    fit = dpo.train_dpo_linear(z, eta, reg, label_smoothing=ls, tol=1e-10)
+    fit = dpo.train_dpo_linear(z, eta=eta, reg=reg, label_smoothing=ls, tol=1e-10)
     zn = z.numpy()
 
     def objective(w):
@@ -146,16 +146,16 @@ def test_label_smoothed_fit_matches_scipy():
 
     result = minimize(objective, np.zeros(3), method="BFGS", options=dict(gtol=1e-10))
     assert np.allclose(fit.w.numpy(), result.x, atol=1e-6)
-    assert dpo.dpo_objective_linear(fit.w, z, eta, reg, label_smoothing=ls).item() <= \
+    assert dpo.dpo_objective_linear(fit.w, z, eta=eta, reg=reg, label_smoothing=ls).item() <= \
         result.fun + 1e-9
 
 
 def test_batched_fit_equals_separate_fits():
     z, _ = _problem(4, batch=(2, 3))
-    batched = dpo.train_dpo_linear(z, 0.4, 1.0)
+    batched = dpo.train_dpo_linear(z, eta=0.4, reg=1.0)
     for i in range(2):
         for j in range(3):
-            single = dpo.train_dpo_linear(z[i, j], 0.4, 1.0)
+            single = dpo.train_dpo_linear(z[i, j], eta=0.4, reg=1.0)
             assert torch.allclose(batched.w[i, j], single.w, atol=1e-8)
 
 
@@ -181,7 +181,8 @@ def test_tabular_fit_matches_scipy_and_gibbs_of_mle():
     chosen = torch.randint(0, num_actions, (num_pairs,), generator=generator)
     rejected = (chosen + torch.randint(1, num_actions, (num_pairs,), generator=generator)) \
         % num_actions
-    policy, fit = dpo.train_dpo_tabular(ref, contexts, chosen, rejected, eta, reg)
+    policy, fit = dpo.train_dpo_tabular(ref, contexts=contexts, chosen=chosen,
+                                        rejected=rejected, eta=eta, reg=reg)
     assert policy.shape == (num_contexts, num_actions)
     c, a, b = contexts.numpy(), chosen.numpy(), rejected.numpy()
 
@@ -197,7 +198,8 @@ def test_tabular_fit_matches_scipy_and_gibbs_of_mle():
     assert torch.allclose(policy, expected, atol=1e-6)
     # and the same policy is the Gibbs policy of the tabular BT MLE
     features = dpo.one_hot_features(num_contexts, num_actions)
-    theta = fit_bt_mle(dpo.pair_feature_diffs(features, contexts, chosen, rejected),
+    theta = fit_bt_mle(dpo.pair_feature_diffs(features, contexts=contexts, first=chosen,
+                                              second=rejected),
                        torch.ones(num_pairs, dtype=torch.float64), reg)
     gibbs = gu.gibbs_policy(ref, theta.reshape(num_contexts, num_actions), eta)
     assert torch.allclose(policy, gibbs, atol=1e-10)
@@ -205,14 +207,15 @@ def test_tabular_fit_matches_scipy_and_gibbs_of_mle():
 
 def test_chosen_rejected_and_linear_policy():
     first, second = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
-    chosen, rejected = dpo.chosen_rejected(first, second, torch.tensor([1.0, 0.0, 1.0]))
+    chosen, rejected = dpo.chosen_rejected(first=first, second=second,
+                                           labels=torch.tensor([1.0, 0.0, 1.0]))
     assert chosen.tolist() == [0, 4, 2] and rejected.tolist() == [3, 1, 5]
     with pytest.raises(ValueError, match="labels"):
-        dpo.chosen_rejected(first, second, torch.tensor([0.5, 0.0, 1.0]))
+        dpo.chosen_rejected(first=first, second=second, labels=torch.tensor([0.5, 0.0, 1.0]))
     ref = torch.full((1, 3), 1 / 3, dtype=torch.float64)
     features = torch.eye(3, dtype=torch.float64).unsqueeze(0)
-    policy = dpo.linear_policy(ref, features, torch.tensor([0.0, math.log(2), 0.0],
-                                                           dtype=torch.float64))
+    policy = dpo.linear_policy(ref, features=features,
+                               w=torch.tensor([0.0, math.log(2), 0.0], dtype=torch.float64))
     assert torch.allclose(policy, torch.tensor([[0.25, 0.5, 0.25]], dtype=torch.float64))
 
 
@@ -246,16 +249,18 @@ def _bandit(seed=8, eta=0.3):
 def test_iterative_dpo_runs_and_is_reproducible():
     bandit, generator = _bandit()
     start = bandit.sample_preferences(20, bandit.ref_probs, bandit.ref_probs, generator, (4,))
-    results = [dpo.iterative_dpo(bandit, start, 2, 10, 4, "max_min",
-                                 torch.Generator().manual_seed(1), 1.0) for _ in range(2)]
+    loop = dict(num_iterations=2, pairs_per_iteration=10, responses_per_prompt=4, reg=1.0)
+    results = [dpo.iterative_dpo(bandit, start, **loop, selector="max_min",
+                                 generator=torch.Generator().manual_seed(1)) for _ in range(2)]
     assert results[0].policies.shape == (3, 4, 3, 5)
     assert results[0].num_pairs == [20, 30, 40]
     assert torch.equal(results[0].policies, results[1].policies)
     # the first policy is offline DPO on the start data, i.e. the Gibbs policy of its MLE
-    assert torch.allclose(results[0].policies[0], dpo.mle_gibbs_policy(bandit, start, 1.0),
+    assert torch.allclose(results[0].policies[0], dpo.mle_gibbs_policy(bandit, start, reg=1.0),
                           atol=1e-9)
-    assert torch.allclose(results[0].policies[0], dpo.offline_dpo(bandit, start, 1.0), atol=1e-12)
-    moving = dpo.iterative_dpo(bandit, start, 2, 10, 4, "random", generator, 1.0,
+    assert torch.allclose(results[0].policies[0], dpo.offline_dpo(bandit, start, reg=1.0),
+                          atol=1e-12)
+    moving = dpo.iterative_dpo(bandit, start, **loop, selector="random", generator=generator,
                                reference="previous")
     assert torch.isfinite(moving.policies).all()
 
@@ -278,7 +283,7 @@ def test_iterative_dpo_bad_inputs(kwargs, word):
 def test_rso_dpo_and_frontier():
     bandit, generator = _bandit()
     data = bandit.sample_preferences(30, bandit.ref_probs, bandit.ref_probs, generator, (2,))
-    policy = dpo.rso_dpo(bandit, data, 1.0, 20, 8, generator)
+    policy = dpo.rso_dpo(bandit, data, reg=1.0, num_pairs=20, pool_size=8, generator=generator)
     assert policy.shape == (2, 3, 5)
     assert torch.allclose(policy.sum(-1), torch.ones(2, 3, dtype=torch.float64))
     optimal = bandit.optimal_policy()
@@ -293,3 +298,32 @@ def test_rso_dpo_and_frontier():
     kl = (gu.kl_divergence(policies, bandit.ref_probs) * bandit.context_probs).sum(-1)
     reward = ((policies * bandit.rewards()).sum(-1) * bandit.context_probs).sum(-1)
     assert (dpo.gibbs_frontier_reward(bandit, kl) - reward >= -1e-9).all()
+
+
+def test_rso_dpo_moves_towards_the_reward_model():
+    """One context, three responses, comparisons that always prefer response 0: the reward model
+    ranks 0 first, RSO's synthetic pairs are labelled by it, and the DPO step must raise the
+    probability of response 0 above pi0's (labels flipped anywhere in the pipeline lower it)."""
+    features = torch.eye(3, dtype=torch.float64).unsqueeze(0)
+    bandit = gu.LinearBTBandit(features, torch.zeros(3, dtype=torch.float64),
+                               torch.full((1, 3), 1 / 3, dtype=torch.float64),
+                               torch.ones(1, dtype=torch.float64), 0.5)
+    first = torch.tensor([[0, 0, 0, 0, 1, 2] * 5])
+    second = torch.tensor([[1, 2, 1, 2, 0, 0] * 5])
+    labels = (first == 0).to(torch.float64)  # response 0 always wins
+    data = gu.Preferences(torch.zeros_like(first), first, second, labels,
+                          features[0, first[0]] - features[0, second[0]])
+    policy = dpo.rso_dpo(bandit, data, reg=0.1, num_pairs=400, pool_size=8,
+                         generator=torch.Generator().manual_seed(0))
+    assert policy[0, 0, 0] > 0.5 > 1 / 3
+
+
+def test_policy_summary_and_dpo_mle_agreement():
+    bandit, generator = _bandit(eta=0.4)
+    data = bandit.sample_preferences(60, bandit.ref_probs, bandit.ref_probs, generator, (3,))
+    summary = dpo.policy_summary(bandit, bandit.optimal_policy())
+    assert summary["J"].item() == pytest.approx(bandit.optimal_value().item(), abs=1e-12)
+    assert summary["deficit"].item() == pytest.approx(0.0, abs=1e-9)  # pi* is on the frontier
+    gap, bound = dpo.dpo_mle_agreement(bandit, data, reg=1.0)
+    assert gap.shape == bound.shape == (3,)
+    assert (gap <= bound).all() and (bound < 1e-6).all()

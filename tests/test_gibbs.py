@@ -1,4 +1,4 @@
-"""The Gibbs policy and the KL-regularised objective (PAPER.md section 2), each checked against an
+"""The Gibbs policy and the KL-regularised objective (notebook 01), each checked against an
 independent computation: naive float formulas in plain Python, finite differences, the exact
 gap identity, and the two limits in eta.
 
@@ -169,7 +169,7 @@ def test_large_eta_limit_is_the_reference_policy(problem):
 
 def test_small_eta_limit_keeps_the_ratios_of_pi0_over_tied_maximisers():
     # Three maximisers (r = 1) with different pi0: the limit is pi0 restricted and renormalised,
-    # NOT uniform over the maximisers (PAPER.md's "uniform" holds only for a uniform pi0).
+    # NOT uniform over the maximisers ("uniform" holds only for a uniform pi0).
     ref = t([0.1, 0.2, 0.3, 0.4])
     rewards = t([1.0, 0.5, 1.0, 1.0])
     expected = t([0.125, 0.0, 0.375, 0.5])

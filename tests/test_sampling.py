@@ -1,4 +1,4 @@
-"""Rejection sampling of the Gibbs policy (PAPER.md section 2, the RSO view).
+"""Rejection sampling of the Gibbs policy (the RSO view, notebook 01).
 
 Statistical checks use a fixed generator seed (so they are reproducible) and a stated level: a
 correct sampler fails each of them with probability at most the level over seeds.

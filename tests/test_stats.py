@@ -10,13 +10,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gsfh_utils.lab import stats
 from gsfh_utils.lab.stats import (
     MIN_EXPECTED_COUNT,
     binomial_z_scores,
     chi_square_pvalue,
     empirical_counts,
+    loglog_slope,
     normal_quantile,
-    sign_test,
 )
 
 F64 = torch.float64
@@ -159,48 +160,120 @@ def test_empirical_counts_rejects_indices_outside_the_actions():
         empirical_counts(torch.tensor([[0, 3]]), 3)
 
 
-def test_sign_test_matches_binomial_tail():
-    from scipy.stats import binomtest
+def test_sign_test_matches_the_binomial_tail():
+    first = t([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    second = t([2.0, 3, 4, 5, 6, 7, 8, 1, 9, math.inf])  # 8 wins, 1 loss, 1 tie
+    result = stats.sign_test(first, second)
+    assert (result.details["wins"], result.details["losses"], result.details["ties"]) == (8, 1, 1)
+    assert result.p_value == pytest.approx(
+        scipy.stats.binomtest(8, 9, 0.5, alternative="greater").pvalue, rel=1e-12)
+    assert result.effect == pytest.approx(8 / 9) and result.num_samples == 10
+    assert stats.sign_test(first, first).p_value == 1.0
+    with pytest.raises(ValueError, match="paired"):
+        stats.sign_test(first, first[:3])
 
-    first = torch.tensor([1.0, 2, 3, 4, 5, 6, 7, 8, 9, 10])
-    second = torch.tensor([2.0, 3, 4, 5, 6, 7, 8, 1, 9, math.inf])
-    wins, losses, p_value = sign_test(first, second)
-    assert (wins, losses) == (8, 1)
-    assert p_value == pytest.approx(binomtest(8, 9, 0.5, alternative="greater").pvalue)
-    assert sign_test(first, first)[2] == 1.0
-    with pytest.raises(ValueError):
-        sign_test(first, first[:3])
+
+def test_paired_and_two_sample_tests_match_scipy():
+    generator = torch.Generator().manual_seed(13)
+    first = torch.randn(40, dtype=F64, generator=generator) + 0.5
+    second = torch.randn(40, dtype=F64, generator=generator)
+    wilcoxon = stats.wilcoxon_test(first, second, "greater")
+    assert wilcoxon.p_value == pytest.approx(scipy.stats.wilcoxon(
+        first.numpy(), second.numpy(), alternative="greater").pvalue, rel=1e-12)
+    assert wilcoxon.effect == pytest.approx((first - second).mean().item())
+    assert wilcoxon.p_value < stats.wilcoxon_test(first, second, "less").p_value
+    whitney = stats.mann_whitney_test(first, second, "greater")
+    reference = scipy.stats.mannwhitneyu(first.numpy(), second.numpy(), alternative="greater")
+    assert whitney.p_value == pytest.approx(reference.pvalue, rel=1e-12)
+    # the effect is P(first > second), counted pair by pair
+    pairs = (first[:, None] > second[None, :]).double().mean().item()
+    assert whitney.effect == pytest.approx(pairs, rel=1e-12)
+    welch = stats.welch_test(first, second)
+    assert welch.p_value == pytest.approx(scipy.stats.ttest_ind(
+        first.numpy(), second.numpy(), equal_var=False, alternative="greater").pvalue, rel=1e-12)
+    with pytest.raises(ValueError, match="paired"):
+        stats.wilcoxon_test(first, second[:-1])
+    with pytest.raises(ValueError, match="alternative"):
+        stats.mann_whitney_test(first, second, "bigger")
 
 
-def test_loglog_slope_matches_scipy_linregress():
+def test_one_sample_binomial_and_coverage_tests():
+    values = t([0.3, -0.1, 0.5, 0.2, 0.4, 0.1])
+    result = stats.mean_test(values)
+    assert result.p_value == pytest.approx(
+        scipy.stats.ttest_1samp(values.numpy(), 0.0, alternative="greater").pvalue, rel=1e-12)
+    assert result.effect == pytest.approx(values.mean().item())
+    binomial = stats.binomial_test(30, 40, 0.5)
+    assert binomial.p_value == pytest.approx(
+        scipy.stats.binomtest(30, 40, 0.5, alternative="greater").pvalue, rel=1e-12)
+    assert binomial.effect == 0.75
+    # coverage: 90 of 100 events where 95% are promised is significantly short (one-sided)
+    covered = torch.zeros(100, dtype=torch.bool)
+    covered[:90] = True
+    coverage = stats.coverage_test(covered, 0.95)
+    assert coverage.p_value == pytest.approx(
+        scipy.stats.binomtest(90, 100, 0.95, alternative="less").pvalue, rel=1e-12)
+    assert coverage.p_value < 0.05 and coverage.effect == 0.9
+    assert stats.coverage_test(torch.ones(100, dtype=torch.bool), 0.95).p_value == 1.0
+    with pytest.raises(ValueError, match="successes"):
+        stats.binomial_test(5, 4)
+    with pytest.raises(ValueError, match="target"):
+        stats.coverage_test(covered, 1.0)
+
+
+def test_slope_test_against_linregress():
     generator = torch.Generator().manual_seed(12)
-    sizes = torch.tensor([10.0, 30.0, 100.0, 300.0], dtype=torch.float64).repeat_interleave(25)
-    values = 3 * sizes**-0.7 * torch.exp(0.2 * torch.randn(100, dtype=torch.float64,
-                                                          generator=generator))
+    sizes = t([10.0, 30.0, 100.0, 300.0]).repeat_interleave(25)
+    values = 3 * sizes**-0.7 * torch.exp(0.2 * torch.randn(100, dtype=F64, generator=generator))
     slope, lower, upper = loglog_slope(sizes, values, level=0.95)
-    reference = scipy_stats.linregress(sizes.log().numpy(), values.log().numpy())
-    half = scipy_stats.t.ppf(0.975, 98) * reference.stderr
+    reference = scipy.stats.linregress(sizes.log().numpy(), values.log().numpy())
+    half = scipy.stats.t.ppf(0.975, 98) * reference.stderr
     assert math.isclose(slope, reference.slope, rel_tol=1e-10)
     assert math.isclose(upper - slope, half, rel_tol=1e-8)
     assert lower < -0.7 < upper
+    result = stats.slope_test(sizes, values, -0.5, "less")
+    statistic = (reference.slope + 0.5) / reference.stderr
+    assert result.p_value == pytest.approx(scipy.stats.t.cdf(statistic, 98), rel=1e-8)
+    assert result.effect == pytest.approx(reference.slope)
+    two_sided = stats.slope_test(sizes, values, -0.7, "two-sided")
+    assert two_sided.p_value == pytest.approx(
+        2 * scipy.stats.t.sf(abs((reference.slope + 0.7) / reference.stderr), 98), rel=1e-8)
     with pytest.raises(ValueError, match="positive"):
         loglog_slope(sizes, -values)
     with pytest.raises(ValueError, match="level"):
         loglog_slope(sizes, values, level=1.0)
 
 
-def test_paired_and_two_sample_tests_match_scipy():
-    generator = torch.Generator().manual_seed(13)
-    first = torch.randn(40, dtype=torch.float64, generator=generator) + 0.5
-    second = torch.randn(40, dtype=torch.float64, generator=generator)
-    assert math.isclose(wilcoxon_test(first, second, "greater"),
-                        scipy_stats.wilcoxon(first.numpy(), second.numpy(),
-                                             alternative="greater").pvalue, rel_tol=1e-12)
-    assert math.isclose(two_sample_test(first, second, "greater"),
-                        scipy_stats.mannwhitneyu(first.numpy(), second.numpy(),
-                                                 alternative="greater").pvalue, rel_tol=1e-12)
-    assert wilcoxon_test(first, second, "greater") < wilcoxon_test(first, second, "less")
-    with pytest.raises(ValueError, match="paired"):
-        wilcoxon_test(first, second[:-1])
-    with pytest.raises(ValueError, match="alternative"):
-        two_sample_test(first, second, "bigger")
+def test_every_is_the_intersection_union_test():
+    results = [stats.binomial_test(k, 20) for k in (15, 17, 19)]
+    combined = stats.every(results, "seeds")
+    assert combined.p_value == max(r.p_value for r in results)
+    assert combined.effect == 0.75 and combined.num_samples == 3
+    assert "every one of 3 seeds" in combined.test
+    with pytest.raises(ValueError, match="at least one"):
+        stats.every([], "seeds")
+
+
+def test_z_and_chebyshev_tests():
+    z = stats.z_test(1.3, 1.0, 0.1, alternative="greater")
+    assert z.p_value == pytest.approx(scipy.stats.norm.sf(3.0), rel=1e-12)
+    assert z.effect == pytest.approx(0.3)
+    assert stats.z_test(1.3, 1.0, 0.1).p_value == pytest.approx(2 * scipy.stats.norm.sf(3.0))
+    chebyshev = stats.chebyshev_test(1.3, 1.0, 0.1)
+    assert chebyshev.p_value == pytest.approx(1 / 9) and chebyshev.details["z"] == pytest.approx(3)
+    assert stats.chebyshev_test(1.0, 1.0, 0.1).p_value == 1.0
+    for test in (stats.z_test, stats.chebyshev_test):
+        with pytest.raises(ValueError, match="standard_error"):
+            test(1.0, 1.0, 0.0)
+
+
+def test_worst_ratio_and_summary():
+    measured, bound, ratio = stats.worst_ratio(t([1.0, 3.0, 2.0]), t([4.0, 5.0, 2.5]))
+    assert (measured, bound, ratio) == (2.0, 2.5, 0.8)
+    assert stats.worst_ratio(t([1.0, 3.0]), 4.0, where=[True, False])[2] == 0.25
+    with pytest.raises(ValueError, match="no entry"):
+        stats.worst_ratio(t([1.0]), 1.0, where=[False])
+    text = stats.binomial_test(30, 40).summary()
+    assert text.startswith("exact binomial test against 0.5: observed proportion 0.75")
+    assert "p = " in text and "40 samples" in text
+    assert stats.TestResult("t", 1e-9, 0.5, "e", 3).summary().endswith("p < 1e-06")

@@ -44,6 +44,14 @@ def _number(value, name: str) -> float:
         raise ValueError(f"{name} must be a number, got {value!r}") from exc
 
 
+def _level(value) -> float:
+    """A significance level, checked to lie in (0, 1)."""
+    level = _number(value, "level")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {value!r}")
+    return level
+
+
 def format_number(value) -> str:
     if isinstance(value, str):
         return value
@@ -54,7 +62,11 @@ def format_number(value) -> str:
     return f"{value:.4g}"
 
 
-def format_p_value(p_value: float) -> str:
+def format_p_value(p_value) -> str:
+    """``"< 1e-06"`` at the floor, else the number (a non-finite one read back from a results
+    file is the string "nan")."""
+    if isinstance(p_value, str):
+        return p_value
     return f"< {P_VALUE_FLOOR:.0e}" if p_value <= P_VALUE_FLOOR else format_number(p_value)
 
 
@@ -116,10 +128,8 @@ class ClaimRegistry:
     """
 
     def __init__(self, *, explore: bool = False, level: float = 0.01, on_record=None):
-        if not 0 < level < 1:
-            raise ValueError(f"level must be in (0, 1), got {level!r}")
         self.explore = bool(explore)
-        self.level = float(level)
+        self.level = _level(level)
         self.claims: list[Claim] = []
         self.skipped: list[dict] = []
         self._families: dict[str, int] = {}
@@ -145,7 +155,7 @@ class ClaimRegistry:
                 raise ValueError("comparison '~' needs interval=(low, high)")
             low, high = (_number(v, "interval") for v in interval)
             fields["interval"] = [low, high]
-            default = low <= theory <= high
+            default = not math.isnan(measured) and low <= theory <= high
         else:
             self._check_comparison(comparison)
             default = not math.isnan(measured) and COMPARISONS[comparison](measured, theory)
@@ -160,7 +170,7 @@ class ClaimRegistry:
         """An empirical statement decided by ``test`` (a ``gsfh_utils.lab.stats.TestResult``):
         it holds when ``p <= level / comparisons`` (Bonferroni over the ``comparisons`` tests of
         its ``family``; ``finish`` checks that the family has that many members)."""
-        level = self.level if level is None else _number(level, "level")
+        level = self.level if level is None else _level(level)
         if isinstance(comparisons, bool) or not isinstance(comparisons, int) or comparisons < 1:
             raise ValueError(f"comparisons must be a positive integer, got {comparisons!r}")
         if comparisons > 1 and family is None:
@@ -247,9 +257,14 @@ class ClaimRegistry:
 
 
 def _strict_json(claim: dict) -> dict:
-    """Non-finite numbers of the main fields as the strings "nan", "inf", "-inf" (strict JSON
-    has no such numbers); details must be finite already."""
-    for key in ("value", "threshold", "measured", "theory", "ratio", "effect"):
-        if isinstance(claim.get(key), float) and not math.isfinite(claim[key]):
-            claim[key] = str(claim[key])
+    """Non-finite numbers of the main fields (and of the interval) as the strings "nan", "inf",
+    "-inf" (strict JSON has no such numbers); details must be finite already."""
+    def text_if_not_finite(value):
+        return str(value) if isinstance(value, float) and not math.isfinite(value) else value
+
+    for key in ("value", "threshold", "measured", "theory", "ratio", "effect", "p_value"):
+        if key in claim:
+            claim[key] = text_if_not_finite(claim[key])
+    if "interval" in claim:
+        claim["interval"] = [text_if_not_finite(value) for value in claim["interval"]]
     return claim

@@ -64,7 +64,8 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 
 def _replace_folder(source: Path, target: Path) -> None:
-    """Make ``target`` a copy of ``source``: copy beside it, then swap by two renames."""
+    """Make ``target`` a copy of ``source``: copy beside it, then swap by two renames (if the
+    second rename fails, the old ``target`` is put back)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.new."))
     retired = target.parent / f".{target.name}.old.{staging.name.rsplit('.', 1)[-1]}"
@@ -74,7 +75,12 @@ def _replace_folder(source: Path, target: Path) -> None:
             os.chmod(path, 0o777 & ~_UMASK if path.is_dir() else _FILE_MODE)
         if target.exists():
             os.replace(target, retired)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            if retired.exists():
+                os.replace(retired, target)
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)

@@ -153,11 +153,16 @@ def start(namespace: dict, *, small: dict, full: dict, num_threads: int | None =
     """Begin a notebook run from its ``globals()`` right after the parameters cell.
 
     Every plain value defined so far is a parameter (``parameters.declared_parameters``); those
-    left ``None`` are sized by the ``small`` or ``full`` profile table. ``num_threads`` sets
+    left ``None`` are sized by the ``small`` or ``full`` profile table (the names are remembered
+    in the namespace, so running the cell again later takes the same ones). ``num_threads`` sets
     torch's intra-op threads (1 suits many small batched problems on a shared machine). Prints
     one line with the notebook, the profile, the seed and the mode.
     """
-    params = parameters_module.resolve(parameters_module.declared_parameters(namespace),
+    declared = parameters_module.declared_parameters(namespace)
+    # Run again in the same kernel, this cell must not take later variables for parameters:
+    # the names seen the first time are kept in the namespace.
+    names = namespace.setdefault("_gsfh_parameter_names", sorted(declared))
+    params = parameters_module.resolve({name: declared[name] for name in names if name in declared},
                                        small=small, full=full)
     if num_threads is not None:
         torch.set_num_threads(num_threads)

@@ -299,3 +299,114 @@ def hybrid_figure(frame, *, catch_up: float):
            ylabel=r"accuracy of the main agent (median, IQR)", title="The hybrid start")
     ax.legend(fontsize=8)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 04 · DPO, RSO and iterative DPO.
+# --------------------------------------------------------------------------------------------
+
+
+def rso_bias_figure(frame, *, n: int, eta: float):
+    """RSO's bias against the pool size (``frame``: columns ``pool``, ``tv_to_target``,
+    ``mean_deficit``, ``deficit_se``, ``tv_pi0_to_target``): TV of the accepted law to ``pi_r``
+    (left) and the reward deficit with 2 standard errors (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.loglog(frame["pool"], frame["tv_to_target"], "o-", label=r"TV(RSO's law, $\pi_r$)")
+    left.axhline(float(frame["tv_pi0_to_target"].iloc[0]), ls=":", color="grey",
+                 label=r"TV$(\pi_0, \pi_r)$: pool $= n$ returns $\pi_0$")
+    right.errorbar(frame["pool"], frame["mean_deficit"], yerr=2 * frame["deficit_se"], fmt="o-",
+                   capsize=3, label=r"$\mathbb{E}_{\pi_r} r - $ mean reward of RSO's draws")
+    right.axhline(0, color="k", lw=0.8)
+    right.set_xscale("log")
+    for ax, ylabel in ((left, "total variation"), (right, "reward deficit (± 2 SE over runs)")):
+        ax.set(xlabel=f"pool size $M$ ({n} accepted per pool)", ylabel=ylabel)
+        ax.legend(fontsize=9)
+    fig.suptitle(rf"RSO's finite-pool sampler is biased ($\eta = {eta:g}$)")
+    return fig
+
+
+def acceptance_rates_figure(frame):
+    """Per-stage acceptance rates of multi-step rejection sampling, one colour per prompt
+    (``frame``: columns ``stage`` (its eta), ``prompt``, ``rate``, ``kind`` = ``exact, exact
+    proposal``, ``measured, trained proposal`` or ``one step``)."""
+    fig, ax = plt.subplots()
+    stages = sorted(frame[frame["kind"] != "one step"]["stage"].unique(), reverse=True)
+    position = {stage: index + 1 for index, stage in enumerate(stages)}
+    styles = {"exact, exact proposal": "-", "measured, trained proposal": "x"}
+    for (kind, prompt), part in frame.groupby(["kind", "prompt"], sort=False):
+        color = f"C{prompt % 10}"
+        if kind == "one step":
+            ax.axhline(float(part["rate"].iloc[0]), color=color, ls=":", lw=0.8)
+        else:
+            ax.semilogy(part["stage"].map(position), part["rate"], styles[kind], color=color)
+    for kind, style in [*styles.items(), ("one-step rate at the final eta", ":")]:
+        ax.plot([], [], style, color="k", label=kind)
+    ax.set_xticks(list(position.values()), [f"{stage:.3g}" for stage in stages])
+    ax.set(yscale="log", xlabel=r"stage target $\eta_k$", ylabel="acceptance rate",
+           title="Multi-step rejection sampling: per-stage acceptance")
+    ax.legend(fontsize=9)
+    return fig
+
+
+def reward_vs_kl_figure(frame, *, n: int):
+    """True reward against KL per method (``frame``: columns ``method``, ``kl``, ``reward``; the
+    method ``Gibbs frontier of r*`` is drawn as a curve, ``pi*`` as a star, every other as its
+    seeds and their mean)."""
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    markers = iter(["s", "D", "o", "^", "v", "P", "X"])
+    index = 0
+    for method, part in frame.groupby("method", sort=False):
+        if method.startswith("Gibbs frontier"):
+            ax.plot(part["kl"], part["reward"], color="k", lw=1.5, label=method)
+        elif method == "pi*":
+            ax.plot(part["kl"], part["reward"], "*", color="k", ms=14, label=r"$\pi^*$")
+        else:
+            marker, color = next(markers), f"C{index}"
+            index += 1
+            ax.scatter(part["kl"], part["reward"], s=10, alpha=0.35, color=color, marker=marker)
+            ax.plot(part["kl"].mean(), part["reward"].mean(), marker, color=color, ms=10,
+                    mec="k", label=method)
+    ax.set(xlabel=r"$\mathbb{E}_x$ KL$(\pi\,\|\,\pi_0)$", ylabel=r"$\mathbb{E}_{x,\pi}\, r^*$",
+           title=f"True reward against KL, {n} comparisons (small: seeds, large: mean)")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def reference_drift_figure(frame):
+    """KL to pi0 and ``J`` over the iterations, fixed against moving reference (``frame``:
+    columns ``iteration``, ``seed``, ``reference``, ``quantity`` (``kl`` or ``J``), ``value``,
+    ``kl_star``, ``j_star``)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    labels = {"fixed": r"fixed reference $\pi_0$",
+              "previous": "moving reference (previous iterate)"}
+    for ax, quantity in zip(axes, ("kl", "J"), strict=True):
+        for index, (reference, part) in enumerate(
+                frame[frame["quantity"] == quantity].groupby("reference", sort=False)):
+            _quantile_curve(ax, part, "iteration", "value", labels[reference], color=f"C{index}")
+    axes[0].axhline(float(frame["kl_star"].iloc[0]), ls=":", color="k", label=r"KL$(\pi^*\|\pi_0)$")
+    axes[1].axhline(float(frame["j_star"].iloc[0]), ls=":", color="k", label=r"$J(\pi^*)$")
+    axes[0].set(xlabel="iteration $t$", ylabel=r"$\mathbb{E}_x$ KL$(\pi_t\|\pi_0)$",
+                title="KL to the SFT policy (median, IQR)")
+    axes[1].set(xlabel="iteration $t$", ylabel=r"$J(\pi_t)$", title="Regularised value")
+    for ax in axes:
+        ax.legend(fontsize=9)
+    return fig
+
+
+def kl_estimators_figure(frame, *, kl_small: float):
+    """Exact relative bias and spread of the KL estimators against the KL (``frame``: columns
+    ``kl``, ``estimator``, ``bias``, ``std``)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for index, (estimator, part) in enumerate(frame.groupby("estimator", sort=False)):
+        part = part.sort_values("kl")
+        relative = (part["bias"].abs() / part["kl"]).clip(lower=1e-17)
+        axes[0].plot(part["kl"], relative, "o", ms=3, color=f"C{index}", label=estimator)
+        axes[1].loglog(part["kl"], part["std"], "o", ms=3, color=f"C{index}", label=estimator)
+    axes[0].set(xscale="log", yscale="log", xlabel=r"KL$(p\|q)$", ylabel="|bias| / KL (exact)",
+                title=r"Bias ($k_1, k_3$: round-off)", ylim=(1e-17, 10))
+    axes[1].set(xlabel=r"KL$(p\|q)$", ylabel="standard deviation per sample (exact)",
+                title="Spread")
+    axes[1].axvline(kl_small, ls=":", color="grey")
+    for ax in axes:
+        ax.legend()
+    return fig

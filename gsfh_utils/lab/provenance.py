@@ -40,9 +40,8 @@ def git_state() -> dict:
 
 def provenance() -> dict:
     """Versions of Python, the package and ``LIBRARIES``, and the git state of the code."""
-    versions = {"python": platform.python_version(),
-                "gsfh_utils": metadata.version("gsfh_utils")}
-    for library in LIBRARIES:
+    versions = {"python": platform.python_version()}
+    for library in ("gsfh_utils", *LIBRARIES):
         try:
             versions[library] = metadata.version(library)
         except metadata.PackageNotFoundError:

@@ -67,9 +67,10 @@ def find_notebooks(folder: Path, selection: list[str] | None = None) -> list[Pat
     for wanted in selection:
         path = Path(wanted)
         if path.suffix == ".ipynb" and path.is_file():
-            matches = [path.resolve()]
+            matches = [path]
         else:
             matches = [p for p in notebooks if wanted in (p.stem, p.stem.split("_")[0])]
+        matches = [match.resolve() for match in matches]
         if not matches:
             raise ValueError(f"notebook {wanted!r} not found; available: "
                              f"{[p.stem for p in notebooks]} (or give a path to an .ipynb)")
@@ -93,7 +94,9 @@ def notebook_parameters(notebook: Path) -> dict:
     return papermill.inspect_notebook(str(notebook))
 
 
-def _type_error(name: str, value, annotation: str) -> str | None:
+def _type_error(name: str, value, annotation: str, default: str = "") -> str | None:
+    if value is None and default == "None":
+        return None  # the declared default: sized by the profile
     outer = annotation.split("[", 1)[0].strip()
     if outer not in TYPES:
         return None
@@ -123,7 +126,8 @@ def check_parameters(notebooks: list[Path], parameters: dict) -> None:
             raise ValueError(f"unknown parameter(s) {unknown} for {notebook.name}; "
                              f"its parameters are {sorted(known)}")
         for name, value in parameters.items():
-            problem = _type_error(name, value, known[name]["inferred_type_name"])
+            problem = _type_error(name, value, known[name]["inferred_type_name"],
+                                  known[name]["default"])
             if problem:
                 raise ValueError(f"{problem} (in {notebook.name})")
 
@@ -147,7 +151,7 @@ def run_notebook(notebook: Path, parameters: dict, runs_dir: Path) -> NotebookRu
     inside the notebook."""
     import papermill
 
-    folder = Path(runs_dir) / notebook.stem
+    folder = Path(runs_dir).resolve() / notebook.stem  # absolute: the kernel runs in notebooks/
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     environment = {"GSFH_NOTEBOOK": notebook.stem, "GSFH_RUN_DIR": str(folder)}
@@ -176,9 +180,10 @@ def run_notebook(notebook: Path, parameters: dict, runs_dir: Path) -> NotebookRu
 
 
 def run(notebooks: list[Path], parameters: dict, *, runs_dir: Path, destination: Path,
-        promote_canonical: bool = True, log=sys.stderr) -> list[NotebookRun]:
-    """Run each notebook in turn (logging one line before and after each); promote each passing
-    canonical run into ``destination``."""
+        promote_canonical: bool = True, log=None) -> list[NotebookRun]:
+    """Run each notebook in turn (logging one line before and after each to ``log``, by default
+    the current ``sys.stderr``); promote each passing canonical run into ``destination``."""
+    log = sys.stderr if log is None else log
     runs = []
     for index, notebook in enumerate(notebooks, start=1):
         print(f"[{index}/{len(notebooks)}] {notebook.stem} ...", file=log, flush=True)
@@ -201,7 +206,7 @@ def report(runs: list[NotebookRun]) -> str:
              "(no claims recorded)", ""]
     for r in runs:
         state = "ok" if r.ok else "FAILED"
-        where = "promoted to results/ and figures/" if r.promoted else f"outputs in {r.folder}"
+        where = "promoted" if r.promoted else f"outputs in {r.folder}"
         lines.append(f"{r.name:<32} {state:<7} {r.seconds:7.1f} s   {where}")
         if r.error:
             lines.append(f"    error: {' '.join(r.error.split())[:300]}")
@@ -274,6 +279,8 @@ def readme_inputs(notebooks: list[Path], root: Path) -> tuple[list[dict], dict[s
         data = read_results(paths["results"])
         results.append(data)
         for name, relative in data.get("tables", {}).items():
+            if not (root / relative).exists():
+                raise ValueError(f"refusing to update the README: {root / relative} is missing")
             tables[f"{notebook.stem}/{name}"] = markdown_table(pd.read_csv(root / relative))
     return results, tables
 
@@ -307,8 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-promote", action="store_true",
                         help="never copy outputs into results/ and figures/")
     parser.add_argument("--update-readme", action="store_true",
-                        help="rewrite the README's claims table (only from complete, passing, "
-                             "full-profile results of every notebook)")
+                        help="rewrite the README's claims table (only if every notebook of "
+                             "this run passed, from complete, passing, full-profile results of "
+                             "every notebook)")
     return parser
 
 
@@ -336,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
                destination=args.destination.resolve(), promote_canonical=not args.no_promote)
     print(report(runs))
     status = 0 if all(r.ok for r in runs) else 1
-    if args.update_readme:
+    if args.update_readme and status:
+        print("README not updated: a notebook failed in this run", file=sys.stderr)
+    elif args.update_readme:
         try:
             results, tables = readme_inputs(find_notebooks(args.notebook_dir), args.destination)
             update_readme(args.destination / "README.md", results, tables)

@@ -318,13 +318,20 @@ def z_test(estimate, reference, standard_error, alternative: str = "two-sided") 
     return TestResult("z-test", p_value, estimate - reference, "difference", 1, {"z": z})
 
 
+def _as_tensor(values, dtype) -> torch.Tensor:
+    """A tensor copy of a tensor, a pandas Series, an array or a number."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().to(dtype)
+    return torch.tensor(np.asarray(values), dtype=dtype)
+
+
 def worst_ratio(measured, bound, where=None) -> tuple[float, float, float]:
     """The entry where ``measured / bound`` is largest (over the entries selected by ``where``):
     ``(measured, bound, ratio)`` there. For a theorem claim "measured <= bound on every seed"."""
-    measured = torch.tensor(np.array(measured, dtype=np.float64))
-    bound = torch.tensor(np.array(bound, dtype=np.float64)).expand_as(measured)
+    measured = _as_tensor(measured, torch.float64)
+    bound = _as_tensor(bound, torch.float64).expand_as(measured)
     if where is not None:
-        where = torch.tensor(np.array(where, dtype=bool))
+        where = _as_tensor(where, torch.bool)
         measured, bound = measured[where], bound[where]
     if measured.numel() == 0:
         raise ValueError("no entry to compare (is the selection empty?)")
@@ -332,3 +339,17 @@ def worst_ratio(measured, bound, where=None) -> tuple[float, float, float]:
     worst_measured = measured.reshape(-1)[index].item()
     worst_bound = bound.reshape(-1)[index].item()
     return worst_measured, worst_bound, worst_measured / worst_bound
+
+
+def chebyshev_test(estimate, reference, standard_error) -> TestResult:
+    """Two-sided test of ``E estimate = reference`` from Chebyshev's inequality, valid for any law
+    with the given ``standard_error`` (e.g. a mean of heavy-tailed draws, where a normal
+    approximation is unsafe): ``p = min(1, 1/z^2)``, ``z = |estimate - reference| / se``. Effect:
+    ``estimate - reference``."""
+    estimate, reference = float(estimate), float(reference)
+    standard_error = float(standard_error)
+    if not standard_error > 0:
+        raise ValueError(f"standard_error must be positive, got {standard_error!r}")
+    z = abs(estimate - reference) / standard_error
+    return TestResult("Chebyshev test", min(1.0, 1 / z**2) if z > 0 else 1.0,
+                      estimate - reference, "difference", 1, {"z": z})

@@ -1,4 +1,4 @@
-"""One seed of the miniature language-model experiment of notebook 05 (PAPER.md section 6).
+"""One seed of the miniature language-model experiment of notebook 05 (the paper's section 6).
 
 ``run_seed`` builds a random ``SyntheticLanguage``, trains ``pi0`` on it by supervised learning,
 draws a limited set of gold-labelled preference pairs from ``pi0``, fits a (length-biased)
@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import sequence as sq
 from ..sampling import geometric_schedule, stage_temperatures
+from . import sequence as sq
 
 
 @dataclass(frozen=True)

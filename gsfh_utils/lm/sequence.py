@@ -1,4 +1,5 @@
-"""The paper's language-model experiment in miniature (PAPER.md section 6, notebook 05).
+"""The paper's language-model experiment in miniature (Xiong et al., arXiv:2312.11456,
+section 6; notebook 05).
 
 Everything a CPU can train in seconds, with nothing downloaded:
 
@@ -435,7 +436,7 @@ class PreferencePairs:
 def train_dpo(policy: SequencePolicy, reference: SequencePolicy, pairs: PreferencePairs,
               eta: float, num_steps: int, generator, batch_size: int = 128, lr: float = 1e-3,
               loss_type: str = "sigmoid") -> list[float]:
-    """Sequence-level DPO (PAPER.md section 5) by Adam, in place: mean over a mini-batch of
+    """Sequence-level DPO (Rafailov et al. 2023) by Adam, in place: mean over a mini-batch of
     ``dpo_loss(log pi(y_w), log pi(y_l), log pi_ref(y_w), log pi_ref(y_l), eta)`` with exact
     masked sequence log-probabilities; the reference stays fixed. Returns the loss per step."""
     check_generator(generator)
@@ -530,7 +531,7 @@ def rejection_sample_sequences(proposal: SequencePolicy, prompts, reward, eta: f
 
     Propose ``y ~ proposal(.|x)`` and accept with probability
     ``exp((r(x,y) - reward.max_reward(x))/eta)``; ``max_reward`` is the exact maximum over all
-    responses, so accepted draws follow the target exactly (PAPER.md section 2). Proposals are
+    responses, so accepted draws follow the target exactly (notebook 01). Proposals are
     made in chunks for all still-unfilled prompts. Returns ``(responses [B, max_len],
     acceptance_rate)``; raises ``ValueError`` if more than ``max_proposals`` would be needed.
     """
