@@ -39,8 +39,8 @@ def rejection_sample(ref_probs, rewards, eta, num_samples: int, generator: torch
 
     Returns ``(samples, empirical_rate)``: ``samples`` has shape ``[..., num_samples]`` (action
     indices, each row i.i.d. from the Gibbs policy of that row) and ``empirical_rate`` shape
-    ``[...]`` (accepted / proposed over the rounds that were run; proposals come in rounds, all
-    rows at once, until every row has ``num_samples`` accepted draws).
+    ``[...]`` (accepted / proposed over the rounds that were run; proposals come in rounds, for
+    all rows still short of ``num_samples`` accepted draws at once, until none is).
 
     Raises ``ValueError`` when a row needs more than ``MAX_EXPECTED_PROPOSALS`` expected
     proposals (tiny ``eta``): use the multi-step sampler then.
@@ -66,21 +66,22 @@ def rejection_sample(ref_probs, rewards, eta, num_samples: int, generator: torch
     filled = torch.zeros(num_rows, dtype=torch.long)
     proposed = torch.zeros(num_rows, dtype=torch.float64)
     accepted = torch.zeros(num_rows, dtype=torch.float64)
-    # Enough proposals per round that most rows finish in one or two rounds.
-    per_round = min(max(math.ceil(1.2 * num_samples / worst_rate), num_samples),
-                    2**22 // num_rows + 1)
-    rows = torch.arange(num_rows).unsqueeze(-1)
-    while (filled < num_samples).any():
-        active = filled < num_samples
-        proposals = torch.multinomial(ref_rows, per_round, replacement=True, generator=generator)
-        uniforms = torch.rand(num_rows, per_round, dtype=torch.float64, generator=generator)
-        is_accepted = (uniforms < accept_rows.gather(-1, proposals)) & active.unsqueeze(-1)
-        proposed += active.to(torch.float64) * per_round
-        accepted += is_accepted.sum(-1)
-        slot = filled.unsqueeze(-1) + is_accepted.cumsum(-1) - 1
+    while bool((filled < num_samples).any()):
+        # Only the rows still short of draws propose, enough that most finish in this round.
+        active = (filled < num_samples).nonzero().squeeze(-1)
+        remaining = int((num_samples - filled[active]).max())
+        per_round = min(max(math.ceil(1.2 * remaining / rates[active].min().item()), remaining),
+                        2**22 // active.numel() + 1)
+        proposals = torch.multinomial(ref_rows[active], per_round, replacement=True,
+                                      generator=generator)
+        uniforms = torch.rand(active.numel(), per_round, dtype=torch.float64, generator=generator)
+        is_accepted = uniforms < accept_rows[active].gather(-1, proposals)
+        proposed[active] += per_round
+        accepted[active] += is_accepted.sum(-1)
+        slot = filled[active].unsqueeze(-1) + is_accepted.cumsum(-1) - 1
         keep = is_accepted & (slot < num_samples)
-        samples[rows.expand_as(slot)[keep], slot[keep]] = proposals[keep]
-        filled = torch.clamp(filled + is_accepted.sum(-1), max=num_samples)
+        samples[active.unsqueeze(-1).expand_as(slot)[keep], slot[keep]] = proposals[keep]
+        filled[active] = torch.clamp(filled[active] + is_accepted.sum(-1), max=num_samples)
     return samples.reshape(*leading, num_samples), (accepted / proposed).reshape(leading)
 
 #: Proposals of ``multi_step_rejection_sample``.

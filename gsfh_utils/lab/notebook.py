@@ -148,14 +148,16 @@ def _display(frame) -> None:
         display(frame)
 
 
-def start(namespace: dict, *, small: dict, full: dict, num_threads: int | None = None,
+def start(namespace: dict, *, small: dict, full: dict, num_threads: int = 1,
           name: str | None = None) -> Notebook:
     """Begin a notebook run from its ``globals()`` right after the parameters cell.
 
     Every plain value defined so far is a parameter (``parameters.declared_parameters``); those
     left ``None`` are sized by the ``small`` or ``full`` profile table (the names are remembered
     in the namespace, so running the cell again later takes the same ones). ``num_threads`` sets
-    torch's intra-op threads (1 suits many small batched problems on a shared machine). Prints
+    torch's intra-op threads: 1 by default, because the notebooks solve many small batched
+    problems, where a second thread only spins (on a shared 2-core machine OpenMP's waiting made
+    the same computation ten times slower), and results are then identical run to run. Prints
     one line with the notebook, the profile, the seed and the mode.
     """
     declared = parameters_module.declared_parameters(namespace)
@@ -164,8 +166,7 @@ def start(namespace: dict, *, small: dict, full: dict, num_threads: int | None =
     names = namespace.setdefault("_gsfh_parameter_names", sorted(declared))
     params = parameters_module.resolve({name: declared[name] for name in names if name in declared},
                                        small=small, full=full)
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
+    torch.set_num_threads(num_threads)
     notebook = Notebook(name or notebook_name(namespace), params)
     explore = "explore mode (failing claims recorded, run continues)" if getattr(
         params, "explore", False) else "claims asserted"

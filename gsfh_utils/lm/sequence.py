@@ -6,7 +6,8 @@ Everything a CPU can train in seconds, with nothing downloaded:
 - ``SyntheticLanguage``: a prompt-conditioned first-order Markov "language" over a small
   vocabulary (token ``EOS = 0`` ends a response; responses hold 1 to ``max_len - 1`` content
   tokens), with exact log-probabilities, a *gold* sequence-level reward (mean token quality plus
-  mean bigram coherence: length-neutral by construction) and its Bradley-Terry preference oracle.
+  mean bigram coherence: averages, with no term that grows with length) and its Bradley-Terry
+  preference oracle.
   The language ends a response sooner after a poor token than after a good one, so in its own
   samples length and gold reward are correlated: the spurious feature a reward model can learn.
 - ``SequencePolicy``: a tiny GRU policy ``pi(y|x)`` whose structural mask (no empty response, an
@@ -21,7 +22,7 @@ Everything a CPU can train in seconds, with nothing downloaded:
   (``rejection_sample_sequences``, with the exact bound ``TokenReward.max_reward``), RSO's
   finite-pool sampler and best-of-n / worst-of-n pairs (reusing ``gsfh_utils.samplers`` and
   ``gsfh_utils.dpo.select_pairs``). The experiment that strings them together (offline DPO, RSO,
-  multi-step rejection sampling, iterative GSHF-DPO) is ``gsfh_utils.miniature.run_seed``.
+  multi-step rejection sampling, iterative GSHF-DPO) is ``gsfh_utils.lm.experiment.run_seed``.
 
 Responses are ``LongTensor [B, T]`` with ``T <= max_len``: content tokens, then ``EOS``, then
 ``EOS`` padding. Bad input (a response longer than the model's maximum, a token outside the
@@ -146,7 +147,12 @@ class SyntheticLanguage:
     ``r*(x, y) = quality_weight * mean_t q[x, y_t]``
     ``+ coherence_weight * mean_{t>=2} c[y_{t-1}, y_t]``
 
-    (the second mean is 0 for ``L = 1``): length-neutral. Preferences are Bradley-Terry:
+    (the second mean is 0, by convention, for ``L = 1``). It is length-neutral in a limited
+    sense: both terms are averages, so no term grows with ``L`` and a response repeating one
+    token has the same reward at every length ``L >= 2``; but appending a token moves each
+    average towards the new token's (or bigram's) value, raising the reward when both beat the
+    current averages and lowering it when both fall short, and one-token responses get the
+    coherence value 0 whatever their token. Preferences are Bradley-Terry:
     ``P(y1 > y2 | x) = sigmoid(r*(x, y1) - r*(x, y2))``.
     """
 
@@ -600,9 +606,10 @@ def evaluate_policy(policy: SequencePolicy, reference: SequencePolicy,
     """Gold reward, KL to the reference (k3 estimate), length and gold win rate against the
     reference, from one response of ``policy`` and one of ``reference`` per prompt.
 
-    KL: ``k3 = q/p - 1 - log(q/p)`` at ``y ~ p = policy``, ``q = reference`` with exact sequence
-    log-probabilities (unbiased, >= 0); ``k1`` is reported too. Win rate: a gold BT label per
-    pair (policy response first), so the count of wins is binomial.
+    KL: ``k1 = log(p/q)`` and ``k3 = q/p - 1 - log(q/p)`` at ``y ~ p = policy``, ``q = reference``
+    with exact sequence log-probabilities (both unbiased; ``k3 >= 0`` but far noisier than ``k1``
+    at a few nats), each with its per-sample standard deviation (``ddof = 1``). Win rate: a gold
+    BT label per pair (policy response first), so the count of wins is binomial.
     """
     prompts = check_prompts(prompts, policy.num_prompts)
     mine = sample(policy, prompts, generator)
@@ -618,6 +625,7 @@ def evaluate_policy(policy: SequencePolicy, reference: SequencePolicy,
         "kl_k3": estimates["k3"].mean().item(),
         "kl_k3_std": estimates["k3"].std().item(),
         "kl_k1": estimates["k1"].mean().item(),
+        "kl_k1_std": estimates["k1"].std().item(),
         "length": lengths.mean().item(),
         "length_std": lengths.std().item(),
         "win_rate": wins.double().mean().item(),
