@@ -154,6 +154,10 @@ class LinearBTBandit:
         """The same bandit under the KL coefficient ``eta`` (a new instance)."""
         return dataclasses.replace(self, eta=eta)
 
+    def with_reference(self, ref_probs) -> LinearBTBandit:
+        """The same bandit with another reference policy ``pi0 [X, K]`` (a new instance)."""
+        return dataclasses.replace(self, ref_probs=ref_probs)
+
     @property
     def num_contexts(self) -> int:
         return self.features.shape[0]
