@@ -309,17 +309,18 @@ def test_other_bad_inputs():
 
 
 # --------------------------------------------------------------------------------------------
-# The experiment of notebook 05 (gsfh_utils.lm.experiment), at toy size.
+# The experiment of notebook 05 (gsfh_utils.lm.experiment): the runs at toy size, then the
+# summaries and tests against hand computations and scipy.
 
 
-def toy_config():
+def toy_config(**changes):
     from gsfh_utils.lm.experiment import MiniatureConfig
 
-    return MiniatureConfig(num_prompts=2, vocab_size=4, max_len=5, hidden_dim=8,
-                           language_samples=64, sft_steps=4, num_gold_pairs=32, dpo_steps=3,
-                           dpo_batch=16, num_generated=12, rso_pool=4, ms_stages=2,
-                           ms_sft_steps=2, gshf_iterations=2, best_of_n=3, eval_per_prompt=8,
-                           one_step_rate_samples=64)
+    sizes = dict(num_prompts=2, vocab_size=4, max_len=5, hidden_dim=8, language_samples=64,
+                 sft_steps=4, num_gold_pairs=32, dpo_steps=3, dpo_batch=16, num_generated=12,
+                 rso_pool=4, ms_stages=2, ms_sft_steps=2, gshf_iterations=2, best_of_n=3,
+                 eval_per_prompt=8, one_step_rate_samples=64, frontier_factors=(2.0, 1.0, 0.5))
+    return MiniatureConfig(**{**sizes, **changes})
 
 
 def test_run_seed_is_deterministic_and_complete():
@@ -329,19 +330,293 @@ def test_run_seed_is_deterministic_and_complete():
     assert first == second
     assert set(first["evaluations"]) == set(mini.METHODS)
     assert len(first["gshf_trajectory"]) == 2 + 2  # pi0, offline start, two iterations
+    assert first["gshf_trajectory"][-1] == first["evaluations"]["gshf"]
+    assert [point["factor"] for point in first["frontier"]] == [2.0, 1.0, 0.5]
+    # The factor-1 point of the curve is offline DPO at eta itself.
+    assert {k: v for k, v in first["frontier"][1].items() if k != "factor"} == \
+        first["evaluations"]["offline_dpo"]
     sft = first["evaluations"]["sft"]
-    assert sft["kl_k3"] == 0.0 and sft["num_pairs"] == 16
-    rows = mini.aggregate([first, second])
-    assert [row["method"] for row in rows] == list(mini.METHODS)
-    assert rows[0]["gold_std"] == 0.0
-    assert mini.markdown_table(rows).count("\n") == len(rows) + 1
+    assert sft["kl_k3"] == 0.0 and sft["kl_k1"] == 0.0 and sft["num_pairs"] == 16
+    assert len(first["diagnostics"]["gshf_pairs_length_signs"]) == 2
 
 
-def test_z_test_matches_scipy():
+def test_run_seed_without_iterations_and_with_one_round():
+    from gsfh_utils.lm import experiment as mini
+
+    run = mini.run_seed(toy_config(gshf_iterations=0, matched_steps=False), 1)
+    assert len(run["gshf_trajectory"]) == 2
+    assert run["diagnostics"]["gshf_pairs_length_signs"] == []
+
+
+def test_run_seeds_does_not_depend_on_the_number_of_workers():
+    from gsfh_utils.lm import experiment as mini
+
+    config = toy_config()
+    assert mini.run_seeds(config, [5, 6], workers=2) == mini.run_seeds(config, [5, 6])
+    with pytest.raises(ValueError, match="workers"):
+        mini.run_seeds(config, [5], workers=0)
+    with pytest.raises(ValueError, match="seeds"):
+        mini.run_seeds(config, [])
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(eta=0.0), "eta"), (dict(dpo_steps=0), "dpo_steps"), (dict(hidden_dim=2.5), "hidden_dim"),
+    (dict(gshf_iterations=-1), "gshf_iterations"), (dict(frontier_factors=(1.0,)),
+                                                    "frontier_factors"),
+    (dict(frontier_factors=(1.0, -0.5)), "frontier_factors"),
+    (dict(frontier_factors=(1.0, 1.0)), "frontier_factors"), (dict(best_of_n=1), "best_of_n"),
+    (dict(num_generated=1, gshf_iterations=2), "num_generated"),
+    (dict(ms_eta_start_factor=0.5), "ms_eta_start_factor"), (dict(dpo_lr=-1e-3), "dpo_lr"),
+])
+def test_bad_config_raises_value_error_naming_the_field(changes, match):
+    with pytest.raises(ValueError, match=match):
+        toy_config(**changes)
+
+
+def test_config_rounds_and_budget():
+    from gsfh_utils.lm import experiment as mini
+
+    config = toy_config(num_generated=13)
+    assert (config.rounds, config.baseline_rounds, config.pairs_per_iteration) == (3, 3, 6)
+    assert toy_config(matched_steps=False).baseline_rounds == 1
+    table = mini.budget(config).set_index("method")
+    assert table.loc["offline_dpo", "gradient_steps"] == 3 * 3
+    assert table.loc["gshf", "gradient_steps"] == 3 * 3
+    assert table.loc["gshf", "proxy_labelled_pairs"] == 12  # 2 iterations of 13 // 2 pairs
+    assert table.loc["gshf", "generated_responses"] == 12 * 3
+    assert table.loc["rso", "generated_responses"] == 13 * 4
+    assert table.loc["multi_step_rs", "gradient_steps"] == 2 * 2
+    assert (table["gold_labels"] == 32).all()
+
+
+def evaluation(gold, gold_std, n, **more):
+    return {"gold": gold, "gold_std": gold_std, "num_pairs": n, **more}
+
+
+def test_difference_test_matches_scipy():
     from scipy import stats as scipy_stats
 
-    from gsfh_utils.lm.experiment import z_test_greater
+    from gsfh_utils.lm.experiment import difference_test
 
-    p = z_test_greater(1.0, 2.0, 100, 0.5, 1.0, 50)
+    result = difference_test(evaluation(1.0, 2.0, 100), baseline=evaluation(0.5, 1.0, 50))
     z = 0.5 / math.sqrt(4 / 100 + 1 / 50)
-    assert abs(p - scipy_stats.norm.sf(z)) < 1e-12
+    assert abs(result.p_value - scipy_stats.norm.sf(z)) < 1e-12
+    assert result.effect == pytest.approx(0.5)
+    less = difference_test(evaluation(1.0, 2.0, 100), baseline=evaluation(0.5, 1.0, 50),
+                           alternative="less")
+    assert abs(less.p_value - scipy_stats.norm.cdf(z)) < 1e-12
+    with pytest.raises(ValueError, match="length"):
+        difference_test(evaluation(1.0, 2.0, 100), baseline=evaluation(0.5, 1.0, 50),
+                        metric="length")
+
+
+def fake_run(seed, gshf, offline, curve, trajectory=None, signs=None):
+    """A run with the structure of ``run_seed``'s, from (gold, gold_std, kl) triples."""
+    def point(gold, std, kl, **more):
+        return {**evaluation(gold, std, 400), "kl_k1": kl, "kl_k1_std": 2.0, "kl_k3": kl,
+                "kl_k3_std": 3.0, "wins": 240, "length": 5.0, "length_std": 2.0, **more}
+
+    evaluations = {name: point(*values) for name, values in
+                   [("gshf", gshf), ("offline_dpo", offline), ("rso", offline),
+                    ("multi_step_rs", offline), ("sft", (0.0, 1.0, 0.0)),
+                    ("gshf_start", offline)]}
+    return {"seed": seed, "evaluations": evaluations,
+            "frontier": [{"factor": f, **point(*values)} for f, values in curve],
+            "gshf_trajectory": trajectory or [evaluations["sft"], evaluations["gshf_start"],
+                                              evaluations["gshf"]],
+            "diagnostics": {"gshf_pairs_length_signs": signs or [[30, 10]],
+                            "gold_pairs_length_signs": [12, 8]}}
+
+
+def test_interpolate_by_hand():
+    from gsfh_utils.lm.experiment import interpolate
+
+    # Points given out of order; 2.5 lies between kl 2 (value 1.0) and kl 4 (value 2.0).
+    result = interpolate(kls=[4.0, 1.0, 2.0], values=[2.0, 0.0, 1.0],
+                         standard_errors=[0.3, 0.1, 0.2], at=2.5)
+    weight = 0.25
+    assert result["value"] == pytest.approx(1.0 + weight * 1.0)
+    assert result["standard_error"] == pytest.approx(math.sqrt((0.75 * 0.2) ** 2
+                                                               + (0.25 * 0.3) ** 2))
+    assert (result["lower"], result["upper"], result["inside"]) == (2, 0, True)
+    assert result["slope"] == pytest.approx(0.5)
+    at_point = interpolate(kls=[4.0, 1.0, 2.0], values=[2.0, 0.0, 1.0],
+                           standard_errors=[0.3, 0.1, 0.2], at=2.0)
+    assert at_point["value"] == pytest.approx(1.0) and at_point["standard_error"] == \
+        pytest.approx(0.2)
+    beyond = interpolate(kls=[4.0, 1.0, 2.0], values=[2.0, 0.0, 1.0],
+                         standard_errors=[0.3, 0.1, 0.2], at=9.0)
+    assert (beyond["value"], beyond["standard_error"], beyond["inside"]) == (2.0, 0.3, False)
+    below = interpolate(kls=[4.0, 1.0, 2.0], values=[2.0, 0.0, 1.0],
+                        standard_errors=[0.3, 0.1, 0.2], at=0.5)
+    assert (below["value"], below["standard_error"], below["inside"]) == (0.0, 0.1, False)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(kls=[1.0], values=[1.0], standard_errors=[0.1]), "length >= 2"),
+    (dict(kls=[1.0, 2.0], values=[1.0], standard_errors=[0.1, 0.1]), "same length"),
+    (dict(kls=[1.0, 1.0], values=[1.0, 2.0], standard_errors=[0.1, 0.1]), "distinct"),
+    (dict(kls=[1.0, float("nan")], values=[1.0, 2.0], standard_errors=[0.1, 0.1]), "finite"),
+    (dict(kls=[1.0, 2.0], values=[1.0, 2.0], standard_errors=[0.1, -0.1]), "standard_errors"),
+])
+def test_interpolate_rejects_bad_input(kwargs, match):
+    from gsfh_utils.lm.experiment import interpolate
+
+    with pytest.raises(ValueError, match=match):
+        interpolate(**kwargs, at=1.5)
+    with pytest.raises(ValueError, match="at"):
+        interpolate(kls=[1.0, 2.0], values=[1.0, 2.0], standard_errors=[0.1, 0.1],
+                    at=float("inf"))
+
+
+def test_matched_kl_test_by_hand():
+    from scipy import stats as scipy_stats
+
+    from gsfh_utils.lm import experiment as mini
+
+    curve = [(2.0, (0.4, 1.0, 1.0)), (1.0, (0.8, 1.2, 2.0)), (0.5, (1.0, 1.4, 4.0))]
+    run = fake_run(0, gshf=(1.1, 0.8, 3.0), offline=(0.8, 1.2, 2.0), curve=curve)
+    result = mini.matched_kl_test(run)
+    se = [s / 20 for s in (1.2, 1.4)]  # sqrt(400) = 20
+    curve_gold, curve_se = 0.9, math.hypot(0.5 * se[0], 0.5 * se[1])
+    z = (1.1 - 0.9) / math.hypot(0.8 / 20, curve_se)
+    assert result.p_value == pytest.approx(scipy_stats.norm.sf(z), rel=1e-10)
+    assert result.effect == pytest.approx(0.2)
+    assert result.details["curve_gold"] == pytest.approx(curve_gold)
+    assert result.details["inside"] and result.details["factors"] == [1.0, 0.5]
+    assert result.details["kl_noise"] == pytest.approx(0.1 * 2.0 / 20)  # slope 0.1, se 0.1
+    far = fake_run(1, gshf=(1.1, 0.8, 7.0), offline=(0.8, 1.2, 2.0), curve=curve)
+    other = fake_run(2, gshf=(0.3, 0.8, 1.5), offline=(0.8, 1.2, 2.0), curve=curve)
+    tests = [mini.matched_kl_test(r) for r in (run, far, other)]
+    pooled = mini.matched_kl_over_seeds([run, far, other])
+    assert pooled.details["outside"] == 1
+    assert pooled.details["every_seed_p_value"] == max(t.p_value for t in tests)
+    assert pooled.effect == pytest.approx(sum(t.effect for t in tests) / 3)
+    assert mini.matched_kl_test(far).details["curve_gold"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="kl"):
+        mini.matched_kl_test(run, kl="kl_k2")
+
+
+def test_pooling_over_seeds_by_hand():
+    from scipy import stats as scipy_stats
+
+    from gsfh_utils.lab.stats import TestResult
+    from gsfh_utils.lm.experiment import over_seeds
+
+    effects, errors = [0.3, 0.1, -0.05], [0.1, 0.05, 0.02]
+    tests = [TestResult("z-test", scipy_stats.norm.sf(e / s), e, "difference", 1,
+                        {"standard_error": s}) for e, s in zip(effects, errors, strict=True)]
+    pooled = over_seeds(tests)
+    mean, se = 0.35 / 3, math.sqrt(0.01 + 0.0025 + 0.0004) / 3
+    assert pooled.effect == pytest.approx(mean)
+    assert pooled.p_value == pytest.approx(scipy_stats.norm.sf(mean / se))
+    assert pooled.details["every_seed_p_value"] == pytest.approx(scipy_stats.norm.sf(-2.5))
+    # z = 3 (p 0.0013), 2 (p 0.023) and -2.5 (p 0.0062 the other way round)
+    assert (pooled.details["seeds_significant"], pooled.details["seeds_significant_opposite"]) \
+        == (1, 1)
+    t_p = scipy_stats.ttest_1samp(effects, 0.0, alternative="greater").pvalue
+    assert pooled.details["across_seeds_t_test_p_value"] == pytest.approx(t_p)
+    assert over_seeds(tests, level=0.05).details["seeds_significant"] == 2
+    assert over_seeds(tests[:1]).details["across_seeds_t_test_p_value"] is None
+    with pytest.raises(ValueError, match="tests"):
+        over_seeds([])
+
+
+def test_every_seed_tests_against_scipy():
+    from scipy import stats as scipy_stats
+
+    from gsfh_utils.lm import experiment as mini
+
+    curve = [(1.0, (0.8, 1.2, 2.0)), (0.5, (1.0, 1.4, 4.0))]
+    runs = [fake_run(0, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve),
+            fake_run(1, (0.9, 0.8, 3.0), (0.8, 1.0, 2.0), curve)]
+    combined = mini.compare_over_seeds(runs, method="gshf", baseline="offline_dpo")
+    se = [math.hypot(0.8 / 20, 1.2 / 20), math.hypot(0.8 / 20, 1.0 / 20)]
+    z = [0.3 / se[0], 0.1 / se[1]]
+    assert combined.details["every_seed_p_value"] == pytest.approx(
+        max(scipy_stats.norm.sf(v) for v in z))
+    pooled_se = math.hypot(*se) / 2
+    assert combined.p_value == pytest.approx(scipy_stats.norm.sf(0.2 / pooled_se))
+    assert combined.effect == pytest.approx(0.2) and combined.num_samples == 2
+    frame = mini.comparisons_frame(runs)
+    assert list(frame["minus_offline_dpo"]) == pytest.approx([0.3, 0.1])
+    assert frame["p_offline_dpo"].max() == pytest.approx(max(scipy_stats.norm.sf(v) for v in z))
+    with pytest.raises(ValueError, match="baseline"):
+        mini.compare_over_seeds(runs, method="gshf", baseline="ppo")
+    wins = mini.win_rate_in_every_seed(runs)
+    exact = scipy_stats.binomtest(240, 400, 0.5, alternative="greater").pvalue
+    assert wins.p_value == pytest.approx(exact) and wins.effect == pytest.approx(0.6)
+    longer = {**runs[0]["evaluations"]["gshf"], "length": 6.0}
+    runs[0]["gshf_trajectory"] = [runs[0]["evaluations"]["sft"],
+                                  runs[0]["evaluations"]["gshf_start"], longer]
+    grows = mini.length_growth_in_every_seed(runs[:1])
+    assert grows.p_value == pytest.approx(scipy_stats.norm.sf(1.0 / math.hypot(0.1, 0.1)))
+    with pytest.raises(ValueError, match="iteration"):
+        mini.length_growth_in_every_seed([{**runs[0], "gshf_trajectory": [longer, longer]}])
+
+
+def test_proxy_length_sign_test_pools_iterations_and_seeds():
+    from scipy import stats as scipy_stats
+
+    from gsfh_utils.lm import experiment as mini
+
+    curve = [(1.0, (0.8, 1.2, 2.0)), (0.5, (1.0, 1.4, 4.0))]
+    runs = [fake_run(0, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve, signs=[[30, 10], [25, 20]]),
+            fake_run(1, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve, signs=[[5, 9]])]
+    result = mini.proxy_length_test(runs)
+    exact = scipy_stats.binomtest(60, 99, 0.5, alternative="greater").pvalue
+    assert result.p_value == pytest.approx(exact) and result.effect == pytest.approx(60 / 99)
+    assert (result.details["gold_pairs_longer"], result.details["gold_pairs_unequal"]) == (24, 40)
+    with pytest.raises(ValueError, match="no GSHF pair"):
+        mini.proxy_length_test([fake_run(0, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve,
+                                         signs=[[0, 0]])])
+
+
+def test_evaluations_frame_and_summary_table():
+    from gsfh_utils.lm import experiment as mini
+
+    runs = [mini.run_seed(toy_config(), seed) for seed in (1, 2)]
+    frame = mini.evaluations_frame(runs)
+    assert len(frame) == 2 * (len(mini.METHODS) + 3 + 3)  # methods, curve, start + 2 iterates
+    assert sorted(frame.loc[frame["method"] == "gshf_path", "iteration"].unique()) == [0, 1, 2]
+    table = mini.summary_table(frame)
+    assert list(table["method"]) == list(mini.METHODS.values()) + [
+        "offline DPO, eta x 2", "offline DPO, eta x 0.5"]  # eta x 1 is the offline DPO row
+    golds = [run["evaluations"]["gshf"]["gold"] for run in runs]
+    mean, std = sum(golds) / 2, abs(golds[0] - golds[1]) / math.sqrt(2)
+    assert table.set_index("method").loc["GSHF-DPO (iterative)", "gold reward"] == \
+        f"{mean:.3f} ± {std:.3f}"
+
+
+def test_matched_kl_and_diagnostics_frames():
+    from gsfh_utils.lm import experiment as mini
+
+    curve = [(2.0, (0.4, 1.0, 1.0)), (1.0, (0.8, 1.2, 2.0)), (0.5, (1.0, 1.4, 4.0))]
+    runs = [fake_run(0, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve),
+            fake_run(1, (1.1, 0.8, 9.0), (0.8, 1.2, 2.0), curve)]
+    frame = mini.matched_kl_frame(runs)
+    assert list(frame["difference_k1"]) == pytest.approx([0.2, 0.1])
+    assert list(frame["inside_k1"]) == [True, False]
+    assert frame.loc[0, "p_k1"] == pytest.approx(mini.matched_kl_test(runs[0]).p_value)
+    run = mini.run_seed(toy_config(), 4)
+    diagnostics = mini.diagnostics_frame([run])
+    longer, shorter = run["diagnostics"]["gold_pairs_length_signs"]
+    assert diagnostics.loc[0, "gold_pairs_chosen_longer"] == pytest.approx(
+        longer / max(longer + shorter, 1))
+    assert len(diagnostics.loc[0, "ms_stage_rates"].split()) == 2
+
+
+def test_streams_are_distinct_and_a_method_knob_leaves_the_others_alone():
+    from gsfh_utils.lm import experiment as mini
+
+    draws = {(seed, name): torch.rand(3, generator=mini.stream(seed, name)).tolist()
+             for seed in (7, 8) for name in mini.STREAMS}
+    assert len({tuple(v) for v in draws.values()}) == len(draws)
+    base = mini.run_seed(toy_config(), 2)
+    changed = mini.run_seed(toy_config(rso_pool=3, eval_per_prompt=9), 2)
+    # The RSO pool and the evaluation size change neither offline DPO's nor GSHF's training:
+    # only the evaluation draws differ, so compare what does not depend on them.
+    assert base["diagnostics"]["gshf_pairs_length_signs"] == \
+        changed["diagnostics"]["gshf_pairs_length_signs"]
+    assert base["diagnostics"]["gold_pairs_length_signs"] == \
+        changed["diagnostics"]["gold_pairs_length_signs"]

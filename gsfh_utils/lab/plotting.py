@@ -410,3 +410,95 @@ def kl_estimators_figure(frame, *, kl_small: float):
     for ax in axes:
         ax.legend()
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 05 · The miniature language-model experiment. Both figures draw from the tidy frame of
+# ``gsfh_utils.lm.experiment.evaluations_frame`` (one row per seed and evaluated policy).
+# --------------------------------------------------------------------------------------------
+
+#: Colours and markers of the methods of notebook 05.
+_LM_STYLE = {"offline_dpo_curve": ("C0", "o"), "rso": ("C1", "s"), "multi_step_rs": ("C2", "^"),
+             "gshf_path": ("C3", "*"), "sft": ("k", "D")}
+
+
+def _lm_path(frame):
+    """pi0 then GSHF's start and iterates, per seed, by ``iteration`` (-1 for pi0)."""
+    path = frame[frame["method"].isin(["sft", "gshf_path"])]
+    path = path.assign(iteration=path["iteration"].where(path["method"] == "gshf_path", -1))
+    return path.sort_values(["seed", "iteration"])
+
+
+def reward_kl_plane_figure(frame, *, eta: float):
+    """Gold reward against the KL to pi0, estimated by ``k1`` (left) and ``k3`` (right): the
+    offline-DPO curve (``offline_dpo_curve``, one point per factor of ``eta``), RSO, multi-step RS
+    and the GSHF path (pi0, start, iterates); thin lines and small markers for each seed, large
+    ones for the means over seeds."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    curve = frame[frame["method"] == "offline_dpo_curve"].sort_values(["seed", "factor"],
+                                                                     ascending=[True, False])
+    path = _lm_path(frame)
+    for ax, kl, name in zip(axes, ("kl_k1", "kl_k3"), ("k_1", "k_3"), strict=True):
+        for label, part, key in ((r"offline DPO, $\eta\times$factor", curve, "factor"),
+                                 ("GSHF-DPO path", path, "iteration")):
+            color, marker = _LM_STYLE["offline_dpo_curve" if key == "factor" else "gshf_path"]
+            for _, seed_part in part.groupby("seed"):
+                ax.plot(seed_part[kl], seed_part["gold"], "-", color=color, alpha=0.25, lw=1)
+            mean = part.groupby(key, sort=False)[[kl, "gold"]].mean()
+            ax.plot(mean[kl], mean["gold"], "-" + marker, color=color, ms=11 if key ==
+                    "iteration" else 6, label=label + " (mean)")
+            for value, row in mean.iterrows():
+                text = (f"×{value:g}" if key == "factor" else
+                        "start" if value == 0 else f"it {value:g}" if value > 0 else None)
+                if text:
+                    ax.annotate(text, (row[kl], row["gold"]), textcoords="offset points",
+                                xytext=(5, -11), fontsize=8, color=color)
+        for method, label in (("rso", "RSO"), ("multi_step_rs", "multi-step RS"),
+                              ("sft", r"SFT ($\pi_0$)")):
+            color, marker = _LM_STYLE[method]
+            part = frame[frame["method"] == method]
+            ax.scatter(part[kl], part["gold"], s=14, alpha=0.4, color=color, marker=marker)
+            ax.plot(part[kl].mean(), part["gold"].mean(), marker, color=color, ms=9, mec="k",
+                    label=label + " (mean)")
+        ax.set(xlabel=rf"KL$(\pi\,\|\,\pi_0)$ per response, ${name}$ estimate (nats)",
+               title=f"${name}$: " + ("unbiased, moderate variance" if name == "k_1" else
+                                      "unbiased, heavy-tailed at a few nats"))
+    axes[0].set_ylabel("gold reward (mean over responses)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(rf"Gold reward against KL ($\eta = {eta:g}$; thin: each of "
+                 rf"{frame['seed'].nunique()} seeds, thick: mean over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def length_iterations_figure(frame):
+    """Over GSHF's path (pi0, start, iterates): the mean response length (left, with the mean
+    lengths of offline DPO, RSO and multi-step RS for reference), and the gold and proxy rewards
+    of the policy's responses (right); thin lines per seed, markers and bars: mean ± std."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    path = _lm_path(frame)
+    stages = sorted(path["iteration"].unique())
+    labels = [r"$\pi_0$", "start"] + [f"it {int(s)}" for s in stages[2:]]
+    for ax, columns in ((left, [("length", "GSHF-DPO", "C3", "o-")]),
+                        (right, [("gold", r"gold reward $r^\star$", "C3", "o-"),
+                                 ("proxy", r"proxy reward $\hat r$", "grey", "s--")])):
+        for column, label, color, style in columns:
+            for _, seed_part in path.groupby("seed"):
+                ax.plot(seed_part["iteration"], seed_part[column], color=color, alpha=0.25,
+                        lw=1)
+            summary = path.groupby("iteration")[column].agg(["mean", "std"])
+            ax.errorbar(summary.index, summary["mean"], yerr=summary["std"].fillna(0),
+                        fmt=style, color=color, capsize=3, label=label)
+        ax.set_xticks(stages, labels)
+    for method, label, style in (("offline_dpo", r"offline DPO at $\eta$", ":"),
+                                 ("rso", "RSO", "--"), ("multi_step_rs", "multi-step RS", "-.")):
+        left.axhline(frame.loc[frame["method"] == method, "length"].mean(), ls=style,
+                     color=_LM_STYLE["offline_dpo_curve" if method == "offline_dpo"
+                                     else method][0], label=label)
+    left.set(ylabel="mean response length (tokens)", title="Length over the iterations")
+    right.set(ylabel="mean reward of the policy's responses",
+              title="What the proxy pays for, and what gold pays for")
+    for ax in (left, right):
+        ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig

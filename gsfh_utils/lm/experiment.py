@@ -26,8 +26,10 @@ and RSO policy takes as many (on its fixed data), so that every DPO-trained poli
 number of gradient steps and GSHF differs only in its data; without it, they take one round.
 ``budget`` lists what each method consumes.
 
-Every run draws its randomness from one generator seeded by its seed: a seed's results do not
-depend on the other seeds, on the order they run in, or on the number of worker processes.
+A seed's randomness comes from independent streams (``stream``): the setup, each method's
+training and the evaluation. So a seed's results do not depend on the other seeds, on the order
+they run in or on the number of worker processes, and changing one method's knob (or the
+evaluation size) leaves the other methods' policies as they were.
 """
 
 from __future__ import annotations
@@ -59,9 +61,10 @@ class MiniatureConfig:
     num_gold_pairs: int = 512     # gold-labelled comparisons (the limited preference set)
     proxy_reg: float = 1.0
     eta: float = 1.0              # KL coefficient of every method
-    frontier_factors: tuple = (1.0, 0.5, 0.25, 0.125)  # offline-DPO curve at eta * factor
-    dpo_steps: int = 150          # DPO steps per round
+    frontier_factors: tuple = (2.0, 1.0, 0.5, 0.25)  # offline-DPO curve at eta * factor
+    dpo_steps: int = 50           # DPO steps per round
     dpo_batch: int = 64
+    dpo_lr: float = 2e-3          # Adam's learning rate in every DPO round
     matched_steps: bool = True    # offline DPO and RSO take as many rounds as GSHF
     num_generated: int = 512      # proxy-labelled pairs (RSO, GSHF) / accepted draws (MS-RS)
     rso_pool: int = 16
@@ -70,7 +73,7 @@ class MiniatureConfig:
     ms_sft_steps: int = 40
     gshf_iterations: int = 3
     best_of_n: int = 8
-    eval_per_prompt: int = 256
+    eval_per_prompt: int = 1024
     one_step_rate_samples: int = 8192
 
     def __post_init__(self):
@@ -123,9 +126,16 @@ def length_signs(pairs: sq.PreferencePairs) -> list[int]:
     return [int((chosen > rejected).sum()), int((chosen < rejected).sum())]
 
 
-def _evaluate(policy, pi0, language, config, generator, proxy):
-    prompts = torch.arange(config.num_prompts).repeat(config.eval_per_prompt)
-    return sq.evaluate_policy(policy, pi0, language, prompts, generator, proxy)
+#: Independent random streams of one seed: the setup (language, pi0, gold pairs, proxy), each
+#: method's training, and the evaluation. A knob of one method (``rso_pool``, the evaluation
+#: size ...) then leaves every other method's policies unchanged.
+STREAMS = ("setup", "offline_dpo", "rso", "multi_step_rs", "gshf", "evaluation")
+
+
+def stream(seed: int, name: str) -> torch.Generator:
+    """The generator of the stream ``name`` of ``seed``: seeded ``8 seed + index`` (distinct for
+    every seed and stream)."""
+    return torch.Generator().manual_seed(8 * int(seed) + STREAMS.index(name))
 
 
 def run_seed(config: MiniatureConfig, seed: int) -> dict:
@@ -133,24 +143,25 @@ def run_seed(config: MiniatureConfig, seed: int) -> dict:
     ``evaluations`` (one per method, from ``sequence.evaluate_policy``), ``frontier`` (the
     offline-DPO curve: one evaluation per factor, with its ``factor``), ``gshf_trajectory``
     (pi0, GSHF's start, then every iteration) and ``diagnostics``."""
-    generator = torch.Generator().manual_seed(seed)
-    language = sq.SyntheticLanguage.random(generator, num_prompts=config.num_prompts,
+    setup, evaluation_stream = stream(seed, "setup"), stream(seed, "evaluation")
+    language = sq.SyntheticLanguage.random(setup, num_prompts=config.num_prompts,
                                            vocab_size=config.vocab_size, max_len=config.max_len)
 
-    def prompts(n):
+    def prompts(n, generator):
         return torch.randint(0, config.num_prompts, (n,), generator=generator)
 
     def evaluate(policy):
-        return _evaluate(policy, pi0, language, config, generator, proxy)
+        eval_prompts = torch.arange(config.num_prompts).repeat(config.eval_per_prompt)
+        return sq.evaluate_policy(policy, pi0, language, eval_prompts, evaluation_stream, proxy)
 
     # pi0: supervised learning on the language.
-    corpus_prompts = prompts(config.language_samples)
-    corpus = language.sample(corpus_prompts, generator)
+    corpus_prompts = prompts(config.language_samples, setup)
+    corpus = language.sample(corpus_prompts, setup)
     pi0 = sq.SequencePolicy.create(seed * 1000, config.num_prompts, vocab_size=config.vocab_size,
                                    max_len=config.max_len, hidden_dim=config.hidden_dim)
-    sft_losses = sq.train_sft(pi0, corpus_prompts, corpus, config.sft_steps, generator)
-    held_prompts = prompts(2048)
-    held = language.sample(held_prompts, generator)
+    sft_losses = sq.train_sft(pi0, corpus_prompts, corpus, config.sft_steps, setup)
+    held_prompts = prompts(2048, evaluation_stream)
+    held = language.sample(held_prompts, evaluation_stream)
     with torch.no_grad():
         language_logp = language.log_prob(held_prompts, held)
         pi0_logp = sq.sequence_logprob(pi0, held_prompts, held).double()
@@ -165,60 +176,63 @@ def run_seed(config: MiniatureConfig, seed: int) -> dict:
     }
 
     # The limited gold-labelled preference set, from pi0, and the proxy fitted on it.
-    pair_prompts = prompts(config.num_gold_pairs)
-    first = sq.sample(pi0, pair_prompts, generator)
-    second = sq.sample(pi0, pair_prompts, generator)
-    labels = language.label(pair_prompts, first, second, generator)
+    pair_prompts = prompts(config.num_gold_pairs, setup)
+    first = sq.sample(pi0, pair_prompts, setup)
+    second = sq.sample(pi0, pair_prompts, setup)
+    labels = language.label(pair_prompts, first, second, setup)
     gold_pairs = sq.PreferencePairs.from_labels(pair_prompts, first, second, labels)
     proxy = sq.fit_proxy_reward(gold_pairs, config.num_prompts, config.vocab_size,
                                 config.max_len, config.proxy_reg)
     diagnostics["gold_pairs_length_signs"] = length_signs(gold_pairs)
     evaluations = {"sft": evaluate(pi0)}
 
-    def dpo_rounds(pairs, eta, rounds, start=None):
+    def dpo_rounds(pairs, eta, rounds, generator, start=None):
         """The policy after each of ``rounds`` rounds of DPO (fresh Adam each round)."""
         policy, snapshots = (pi0 if start is None else start).clone(), []
         for _ in range(rounds):
             sq.train_dpo(policy, pi0, pairs, eta, config.dpo_steps, generator,
-                         batch_size=config.dpo_batch)
+                         batch_size=config.dpo_batch, lr=config.dpo_lr)
             snapshots.append(policy.clone())
         return snapshots
 
     # Offline DPO at eta (its first round is GSHF's start) and along its curve.
-    at_eta = dpo_rounds(gold_pairs, config.eta, config.baseline_rounds)
-    gshf_start = at_eta[0]
+    offline = stream(seed, "offline_dpo")
+    at_eta = dpo_rounds(gold_pairs, config.eta, config.baseline_rounds, offline)
     evaluations["offline_dpo"] = evaluate(at_eta[-1])
     frontier = []
     for factor in config.frontier_factors:
         if factor == 1.0:
             evaluation = evaluations["offline_dpo"]
         else:
-            policy = dpo_rounds(gold_pairs, config.eta * factor, config.baseline_rounds)[-1]
-            evaluation = evaluate(policy)
+            evaluation = evaluate(dpo_rounds(gold_pairs, config.eta * factor,
+                                             config.baseline_rounds, offline)[-1])
         frontier.append({"factor": factor, **evaluation})
 
     # RSO: a pool of pi0 responses per prompt, two accepted by RSO's algorithm, proxy labels.
-    rso_prompts = prompts(config.num_generated)
-    pool = sq.sample_grouped(pi0, rso_prompts, config.rso_pool, generator)
-    rso_data = sq.rso_pairs(pool, rso_prompts, proxy, config.eta, generator)
-    evaluations["rso"] = evaluate(dpo_rounds(rso_data, config.eta, config.baseline_rounds)[-1])
+    rso = stream(seed, "rso")
+    rso_prompts = prompts(config.num_generated, rso)
+    pool = sq.sample_grouped(pi0, rso_prompts, config.rso_pool, rso)
+    rso_data = sq.rso_pairs(pool, rso_prompts, proxy, config.eta, rso)
+    evaluations["rso"] = evaluate(dpo_rounds(rso_data, config.eta, config.baseline_rounds,
+                                             rso)[-1])
 
     # Multi-step rejection sampling, each stage distilled into a model that proposes the next.
+    multi_step = stream(seed, "multi_step_rs")
     schedule = geometric_schedule(config.eta * config.ms_eta_start_factor, config.eta,
                                   config.ms_stages)
     current, stage_rates = pi0, []
     for temperature in stage_temperatures(schedule).tolist():
-        stage_prompts = prompts(config.num_generated)
+        stage_prompts = prompts(config.num_generated, multi_step)
         accepted, rate = sq.rejection_sample_sequences(current, stage_prompts, proxy,
-                                                       temperature, generator)
+                                                       temperature, multi_step)
         stage_rates.append(rate)
         current = current.clone()
-        sq.train_sft(current, stage_prompts, accepted, config.ms_sft_steps, generator, lr=1e-3)
+        sq.train_sft(current, stage_prompts, accepted, config.ms_sft_steps, multi_step, lr=1e-3)
     evaluations["multi_step_rs"] = evaluate(current)
     # The one-step acceptance rate E_pi0 exp((r - r_max)/eta), estimated from pi0 samples.
-    rate_prompts = prompts(config.one_step_rate_samples)
+    rate_prompts = prompts(config.one_step_rate_samples, evaluation_stream)
     with torch.no_grad():
-        draws = sq.sample(pi0, rate_prompts, generator)
+        draws = sq.sample(pi0, rate_prompts, evaluation_stream)
         one_step = ((proxy(rate_prompts, draws) - proxy.max_reward(rate_prompts))
                     / config.eta).exp().mean().item()
     diagnostics.update(ms_schedule=schedule.tolist(), ms_stage_rates=stage_rates,
@@ -226,16 +240,17 @@ def run_seed(config: MiniatureConfig, seed: int) -> dict:
                        one_step_rate_estimate=one_step)
 
     # Iterative GSHF-DPO (hybrid start), best-of-n vs worst-of-n by the proxy.
-    data, policy = gold_pairs, gshf_start
-    trajectory = [evaluations["sft"], evaluate(gshf_start)]
+    gshf = stream(seed, "gshf")
+    data, policy = gold_pairs, at_eta[0]
+    trajectory = [evaluations["sft"], evaluate(policy)]
     chosen_longer = []
     for _ in range(config.gshf_iterations):
-        iteration_prompts = prompts(config.pairs_per_iteration)
-        responses = sq.sample_grouped(policy, iteration_prompts, config.best_of_n, generator)
-        new_pairs = sq.best_worst_pairs(responses, iteration_prompts, proxy, generator)
+        iteration_prompts = prompts(config.pairs_per_iteration, gshf)
+        responses = sq.sample_grouped(policy, iteration_prompts, config.best_of_n, gshf)
+        new_pairs = sq.best_worst_pairs(responses, iteration_prompts, proxy, gshf)
         chosen_longer.append(length_signs(new_pairs))
         data = data.concat(new_pairs)
-        policy = dpo_rounds(data, config.eta, 1, start=policy)[-1]
+        policy = dpo_rounds(data, config.eta, 1, gshf, start=policy)[-1]
         trajectory.append(evaluate(policy))
     evaluations["gshf"] = trajectory[-1]
     evaluations["gshf_start"] = trajectory[1]
@@ -260,3 +275,317 @@ def run_seeds(config: MiniatureConfig, seeds, *, workers: int = 1) -> list[dict]
     with ProcessPoolExecutor(min(workers, len(seeds)), mp_context=get_context("spawn"),
                              initializer=_worker_init) as pool:
         return list(pool.map(run_seed, [config] * len(seeds), seeds))
+
+
+# --------------------------------------------------------------------------------------------
+# The budgets, the tidy results, the summary table.
+# --------------------------------------------------------------------------------------------
+
+#: Rows of the paper-shaped table, in order, with their labels.
+METHODS = {
+    "sft": "SFT (pi0)",
+    "gshf_start": "offline DPO, one round (GSHF's start)",
+    "offline_dpo": "offline DPO",
+    "rso": "RSO",
+    "multi_step_rs": "multi-step RS",
+    "gshf": "GSHF-DPO (iterative)",
+}
+#: Columns of the table: metric and its label (each has a per-response ``<metric>_std``, except
+#: the win rate, a proportion).
+METRICS = {"gold": "gold reward", "win_rate": "win rate vs pi0", "kl_k1": "KL to pi0 (k1)",
+           "kl_k3": "KL to pi0 (k3)", "length": "length"}
+
+
+def budget(config: MiniatureConfig) -> pd.DataFrame:
+    """What each method consumes on one seed, beyond what all share (the language corpus, the
+    ``sft_steps`` of pi0, the evaluation): gold labels used (directly or through the proxy fitted
+    on them), responses generated for training, proxy-labelled pairs, and gradient steps (DPO,
+    or supervised steps of multi-step RS's distillation). Multi-step RS's generated responses
+    are its accepted draws; its proposals depend on the acceptance rates (measured per seed)."""
+    dpo = config.baseline_rounds * config.dpo_steps
+    gshf_pairs = config.gshf_iterations * config.pairs_per_iteration
+    rows = [
+        ("offline_dpo", config.num_gold_pairs, 0, 0, dpo, "DPO"),
+        ("rso", config.num_gold_pairs, config.num_generated * config.rso_pool,
+         config.num_generated, dpo, "DPO"),
+        ("multi_step_rs", config.num_gold_pairs, config.ms_stages * config.num_generated, 0,
+         config.ms_stages * config.ms_sft_steps, "supervised"),
+        ("gshf", config.num_gold_pairs, gshf_pairs * config.best_of_n, gshf_pairs,
+         config.rounds * config.dpo_steps, "DPO"),
+    ]
+    return pd.DataFrame(rows, columns=["method", "gold_labels", "generated_responses",
+                                       "proxy_labelled_pairs", "gradient_steps", "steps_of"])
+
+
+def evaluations_frame(runs: list[dict]) -> pd.DataFrame:
+    """Every evaluated policy of every seed, one row each (tidy): ``seed``, ``method`` (a key of
+    ``METHODS``, ``offline_dpo_curve`` for the points of the offline-DPO curve, ``gshf_path`` for
+    GSHF's start and iterates), ``factor`` (of ``eta``, on the curve), ``iteration`` (on the path:
+    0 is the start), and every number ``sequence.evaluate_policy`` returns."""
+    rows = []
+    for run in runs:
+        for method in METHODS:
+            rows.append({"seed": run["seed"], "method": method, **run["evaluations"][method]})
+        for point in run["frontier"]:
+            rows.append({"seed": run["seed"], "method": "offline_dpo_curve", **point})
+        for iteration, point in enumerate(run["gshf_trajectory"][1:]):
+            rows.append({"seed": run["seed"], "method": "gshf_path", "iteration": iteration,
+                         **point})
+    return pd.DataFrame(rows)
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± standard deviation over seeds (``ddof = 1``; "nan" for one seed) of every metric
+    of ``METRICS``, as strings ``"mean ± std"``: one row per method of ``METHODS``, then one per
+    point of the offline-DPO curve other than ``eta`` itself, which is the ``offline_dpo`` row
+    (``frame`` from ``evaluations_frame``)."""
+    curve = frame[(frame["method"] == "offline_dpo_curve") & (frame["factor"] != 1)]
+    parts = [(METHODS[m], frame[frame["method"] == m]) for m in METHODS]
+    parts += [(f"offline DPO, eta x {factor:g}", part)
+              for factor, part in curve.groupby("factor", sort=False)]
+    rows = []
+    for label, part in parts:
+        row = {"method": label}
+        for metric, name in METRICS.items():
+            values = part[metric].astype(float)
+            row[name] = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# The tests behind the claims.
+# --------------------------------------------------------------------------------------------
+
+
+def standard_error(evaluation: dict, metric: str) -> float:
+    """Standard error of the mean ``metric`` of one evaluation: ``<metric>_std / sqrt(n)``."""
+    if metric + "_std" not in evaluation:
+        raise ValueError(f"metric {metric!r} has no per-response standard deviation "
+                         f"('{metric}_std') in the evaluation")
+    return evaluation[metric + "_std"] / math.sqrt(evaluation["num_pairs"])
+
+
+def difference_test(evaluation: dict, *, baseline: dict, metric: str = "gold",
+                    alternative: str = "greater") -> stats.TestResult:
+    """Large-sample z-test that ``evaluation`` has a larger mean ``metric`` than ``baseline``
+    (``alternative="greater"``; both from ``sequence.evaluate_policy``, independent samples):
+    the standard error is ``sqrt(s_a^2/n_a + s_b^2/n_b)`` (kept as
+    ``details["standard_error"]``). Effect: the difference of the means."""
+    spread = math.hypot(standard_error(evaluation, metric), standard_error(baseline, metric))
+    result = stats.z_test(evaluation[metric], baseline[metric], spread, alternative)
+    return stats.TestResult(result.test, result.p_value, result.effect, result.effect_name, 1,
+                            {**result.details, "standard_error": spread})
+
+
+def over_seeds(tests: list[stats.TestResult], alternative: str = "greater", *,
+               level: float = 0.01) -> stats.TestResult:
+    """The per-seed z-tests of one comparison (each with ``details["standard_error"]``), pooled:
+    a z-test of the mean of the per-seed differences, whose standard error is
+    ``sqrt(sum se_i^2) / S`` (the evaluations of different seeds are independent). Like each
+    per-seed test it is conditional on the policies the seeds trained: "on average over these
+    runs". ``details`` keeps the per-seed differences and p-values, the p-value of "in every
+    seed" (``stats.every``, the intersection-union test), the number of seeds whose own test is
+    at or below ``level`` in either direction, and the p-value of a one-sample t-test of the
+    per-seed differences across seeds (which also counts the training randomness; it needs
+    several seeds to have power; None for one seed)."""
+    if not tests:
+        raise ValueError("tests must hold at least one per-seed test")
+    effects = [t.effect for t in tests]
+    spread = math.sqrt(sum(t.details["standard_error"] ** 2 for t in tests)) / len(tests)
+    pooled = stats.z_test(sum(effects) / len(tests), 0.0, spread, alternative)
+    every = stats.every(tests, "seeds")
+    across = stats.mean_test(effects, 0.0, alternative).p_value if len(tests) > 1 else None
+    opposite = "less" if alternative == "greater" else "greater"
+    below = sum(stats.z_test(t.effect, 0.0, t.details["standard_error"], opposite).p_value
+                <= level for t in tests)
+    details = {"z": pooled.details["z"], "standard_error": spread,
+               "per_seed_effects": effects, "per_seed_p_values": [t.p_value for t in tests],
+               "every_seed_p_value": every.p_value,
+               "seeds_significant": sum(t.p_value <= level for t in tests),
+               "seeds_significant_opposite": below, "across_seeds_t_test_p_value": across}
+    return stats.TestResult(f"{tests[0].test}, mean over {len(tests)} seeds (fixed effect)",
+                            pooled.p_value, pooled.effect, f"mean {tests[0].effect_name}",
+                            len(tests), details)
+
+
+def compare_over_seeds(runs: list[dict], *, method: str, baseline: str, metric: str = "gold",
+                       alternative: str = "greater", level: float = 0.01) -> stats.TestResult:
+    """``difference_test`` of ``method`` against ``baseline`` in each seed, pooled by
+    ``over_seeds``."""
+    if not runs:
+        raise ValueError("runs must hold at least one seed")
+    for name, value in (("method", method), ("baseline", baseline)):
+        if value not in runs[0]["evaluations"]:
+            raise ValueError(f"{name} {value!r} is not an evaluated method; choose from "
+                             f"{sorted(runs[0]['evaluations'])}")
+    return over_seeds([difference_test(run["evaluations"][method],
+                                       baseline=run["evaluations"][baseline], metric=metric,
+                                       alternative=alternative) for run in runs], alternative,
+                      level=level)
+
+
+def interpolate(*, kls, values, standard_errors, at: float) -> dict:
+    """The piecewise-linear curve through the points ``(kls[i], values[i])`` (any order;
+    distinct ``kls``) at ``at``, with its standard error from independent point errors:
+    ``value = (1 - w) v_lo + w v_hi``, ``se = sqrt((1 - w)^2 se_lo^2 + w^2 se_hi^2)`` between
+    the neighbours ``lo``, ``hi`` of ``at``. Outside the range of ``kls`` there is no
+    extrapolation: the nearest endpoint is returned with ``inside = False``. Returns ``value``,
+    ``standard_error``, ``inside``, ``lower``, ``upper`` (indices of the neighbours into the
+    inputs), ``weight`` (``w``) and ``slope``."""
+    kls, values, errors = (torch.as_tensor(x, dtype=torch.float64).reshape(-1)
+                           for x in (kls, values, standard_errors))
+    if not kls.numel() >= 2 or kls.shape != values.shape or kls.shape != errors.shape:
+        raise ValueError(f"kls, values and standard_errors must have the same length >= 2, got "
+                         f"{kls.numel()}, {values.numel()}, {errors.numel()}")
+    if not bool(torch.isfinite(torch.cat([kls, values, errors])).all()) or bool((errors < 0).any()):
+        raise ValueError("kls, values and standard_errors must be finite, standard_errors >= 0")
+    if torch.unique(kls).numel() != kls.numel():
+        raise ValueError("kls must be distinct")
+    at = float(at)
+    if not math.isfinite(at):
+        raise ValueError(f"at must be finite, got {at!r}")
+    order = torch.argsort(kls)
+    upper_position = min(max(int(torch.searchsorted(kls[order], at)), 1), kls.numel() - 1)
+    lower, upper = int(order[upper_position - 1]), int(order[upper_position])
+    inside = bool(kls[order[0]] <= at <= kls[order[-1]])
+    slope = ((values[upper] - values[lower]) / (kls[upper] - kls[lower])).item()
+    if inside:
+        weight = ((at - kls[lower]) / (kls[upper] - kls[lower])).item()
+    else:  # the nearest endpoint
+        weight = 0.0 if at < kls[order[0]] else 1.0
+    value = ((1 - weight) * values[lower] + weight * values[upper]).item()
+    error = math.hypot((1 - weight) * errors[lower].item(), weight * errors[upper].item())
+    return {"value": value, "standard_error": error, "inside": inside, "lower": lower,
+            "upper": upper, "weight": weight, "slope": slope}
+
+
+def matched_kl_test(run: dict, *, kl: str = "kl_k1", alternative: str = "greater",
+                    method: str = "gshf") -> stats.TestResult:
+    """z-test of ``method``'s gold reward against the offline-DPO curve of the same seed,
+    linearly interpolated at ``method``'s KL (``kl``: ``"kl_k1"`` or ``"kl_k3"``); the standard
+    error combines the method's with the interpolated one (``interpolate``). Beyond the curve's
+    range the comparison is with its nearest endpoint (``details["inside"]`` is False). The
+    noise of the KL coordinates is not propagated; ``details["kl_noise"]`` is its first-order
+    size, ``|slope| * se(KL)``."""
+    if kl not in ("kl_k1", "kl_k3"):
+        raise ValueError(f"kl must be 'kl_k1' or 'kl_k3', got {kl!r}")
+    curve, own = run["frontier"], run["evaluations"][method]
+    point = interpolate(kls=[p[kl] for p in curve], values=[p["gold"] for p in curve],
+                        standard_errors=[standard_error(p, "gold") for p in curve], at=own[kl])
+    spread = math.hypot(standard_error(own, "gold"), point["standard_error"])
+    result = stats.z_test(own["gold"], point["value"], spread, alternative)
+    details = {**result.details, "kl": own[kl], "curve_gold": point["value"],
+               "inside": point["inside"], "factors": [curve[point["lower"]]["factor"],
+                                                     curve[point["upper"]]["factor"]],
+               "kl_noise": abs(point["slope"]) * standard_error(own, kl),
+               "standard_error": spread}
+    return stats.TestResult(f"z-test against the offline-DPO curve at matched {kl[3:]} KL",
+                            result.p_value, result.effect, "gold difference at matched KL", 1,
+                            details)
+
+
+def matched_kl_over_seeds(runs: list[dict], *, kl: str = "kl_k1", alternative: str = "greater",
+                          level: float = 0.01) -> stats.TestResult:
+    """``matched_kl_test`` in every seed, pooled by ``over_seeds``; ``details`` also counts the
+    seeds where GSHF's KL lies outside the curve's range (``outside``)."""
+    if not runs:
+        raise ValueError("runs must hold at least one seed")
+    tests = [matched_kl_test(run, kl=kl, alternative=alternative) for run in runs]
+    pooled = over_seeds(tests, alternative, level=level)
+    details = {**pooled.details, "outside": sum(not t.details["inside"] for t in tests),
+               "kl_noise": max(t.details["kl_noise"] for t in tests)}
+    return stats.TestResult(pooled.test, pooled.p_value, pooled.effect, pooled.effect_name,
+                            pooled.num_samples, details)
+
+
+def length_growth_in_every_seed(runs: list[dict]) -> stats.TestResult:
+    """z-tests that GSHF's last iterate writes longer responses than its start (offline DPO
+    after one round), in every seed (``stats.every``)."""
+    if not runs or len(runs[0]["gshf_trajectory"]) < 3:
+        raise ValueError("runs must hold at least one seed with at least one GSHF iteration")
+    return stats.every([difference_test(run["gshf_trajectory"][-1],
+                                        baseline=run["gshf_trajectory"][1], metric="length")
+                        for run in runs], "seeds")
+
+
+def win_rate_in_every_seed(runs: list[dict], method: str = "gshf") -> stats.TestResult:
+    """Exact one-sided binomial tests that ``method`` wins more than half of its gold-labelled
+    comparisons with pi0, in every seed (``stats.every``)."""
+    if not runs:
+        raise ValueError("runs must hold at least one seed")
+    return stats.every([stats.binomial_test(run["evaluations"][method]["wins"],
+                                            run["evaluations"][method]["num_pairs"])
+                        for run in runs], "seeds")
+
+
+def proxy_length_test(runs: list[dict]) -> stats.TestResult:
+    """Exact sign test that the proxy's chosen (best-of-n) response of GSHF's pairs is longer
+    than the rejected one more often than not, pooled over iterations and seeds (pairs of equal
+    length left out). ``details`` holds the same counts on the gold-labelled pi0 pairs."""
+    proxy = torch.tensor([signs for run in runs
+                          for signs in run["diagnostics"]["gshf_pairs_length_signs"]],
+                         dtype=torch.long).reshape(-1, 2).sum(0)
+    gold = torch.tensor([run["diagnostics"]["gold_pairs_length_signs"] for run in runs],
+                        dtype=torch.long).reshape(-1, 2).sum(0)
+    if int(proxy.sum()) == 0:
+        raise ValueError("the runs hold no GSHF pair of unequal length")
+    result = stats.binomial_test(int(proxy[0]), int(proxy.sum()))
+    details = {**result.details, "gold_pairs_longer": int(gold[0]),
+               "gold_pairs_unequal": int(gold.sum())}
+    return stats.TestResult("exact one-sided sign test", result.p_value, result.effect,
+                            "fraction of pairs whose chosen response is longer",
+                            result.num_samples, details)
+
+
+def matched_kl_frame(runs: list[dict]) -> pd.DataFrame:
+    """The matched-KL comparison of every seed, with the ``k1`` and the ``k3`` estimate of KL:
+    GSHF's KL and gold reward, the offline-DPO curve's gold at that KL, their difference, the
+    z-score and one-sided p-value (``matched_kl_test``) and whether the KL lies inside the
+    curve's range."""
+    rows = []
+    for run in runs:
+        row = {"seed": run["seed"], "gshf_gold": run["evaluations"]["gshf"]["gold"]}
+        for kl in ("kl_k1", "kl_k3"):
+            test, name = matched_kl_test(run, kl=kl), kl[3:]
+            row.update({f"gshf_kl_{name}": test.details["kl"],
+                        f"curve_gold_{name}": test.details["curve_gold"],
+                        f"difference_{name}": test.effect, f"z_{name}": test.details["z"],
+                        f"p_{name}": test.p_value, f"inside_{name}": test.details["inside"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def diagnostics_frame(runs: list[dict]) -> pd.DataFrame:
+    """One row per seed: how well pi0 fits the language (``k1`` estimate of
+    KL(language || pi0) per response, and the language's entropy), the correlation of length and
+    gold reward in the language's own samples, the fraction of gold-labelled pi0 pairs (of
+    unequal length) whose chosen response is longer, and multi-step RS's stage acceptance rates,
+    total proposals and the estimated one-step rate from pi0."""
+    rows = []
+    for run in runs:
+        d = run["diagnostics"]
+        longer, shorter = d["gold_pairs_length_signs"]
+        rows.append({"seed": run["seed"], "kl_language_to_pi0": d["kl_language_to_pi0_k1"],
+                     "language_entropy": d["language_entropy"],
+                     "corr_length_gold": d["language_corr_length_gold"],
+                     "gold_pairs_chosen_longer": longer / max(longer + shorter, 1),
+                     "ms_stage_rates": " ".join(f"{r:.3f}" for r in d["ms_stage_rates"]),
+                     "ms_proposals": round(d["ms_proposals"]),
+                     "one_step_rate": d["one_step_rate_estimate"]})
+    return pd.DataFrame(rows)
+
+
+def comparisons_frame(runs: list[dict], method: str = "gshf",
+                      baselines=("offline_dpo", "rso", "multi_step_rs")) -> pd.DataFrame:
+    """One row per seed: the difference of ``method``'s mean gold reward and each baseline's,
+    with the one-sided p-value of its ``difference_test``."""
+    rows = []
+    for run in runs:
+        row = {"seed": run["seed"]}
+        for baseline in baselines:
+            test = difference_test(run["evaluations"][method],
+                                   baseline=run["evaluations"][baseline])
+            row.update({f"minus_{baseline}": test.effect, f"p_{baseline}": test.p_value})
+        rows.append(row)
+    return pd.DataFrame(rows)
