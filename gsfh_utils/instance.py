@@ -13,6 +13,7 @@ bandit under another coefficient.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -205,6 +206,18 @@ class LinearBTBandit:
     def suboptimality(self, policy: torch.Tensor) -> torch.Tensor:
         """``J(pi*) - J(pi)`` (``= eta E_x KL(pi || pi*)`` by the gap identity)."""
         return self.optimal_value() - self.value(policy)
+
+    def largest_suboptimality(self) -> float:
+        """``sup_pi J(pi*) - J(pi) = eta E_x max_{a: pi0(a|x) > 0} log(1 / pi*(a|x))``: the
+        suboptimality is ``eta E_x KL(pi || pi*)`` (gap identity), convex in ``pi``, so its
+        largest value over policies absolutely continuous w.r.t. ``pi0`` is at a point mass on the
+        action ``pi*`` likes least. A bound above this value says nothing."""
+        # eta log(1/pi*(a|x)) = eta log Z(x) - r*(x, a) - eta log pi0(a|x), stable for small eta.
+        rewards = self.rewards()
+        scaled_log_z = self.eta * log_partition(self.ref_probs, rewards, self.eta)
+        per_action = (scaled_log_z.unsqueeze(-1) - rewards - self.eta * self.ref_probs.log())
+        worst = per_action.masked_fill(self.ref_probs == 0, -math.inf).max(-1).values
+        return float((worst * self.context_probs).sum())
 
     def sample_contexts(self, num_pairs: int, generator: torch.Generator,
                         batch_shape: tuple[int, ...] = ()) -> torch.Tensor:

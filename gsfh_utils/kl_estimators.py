@@ -106,3 +106,23 @@ def monte_carlo_means(p, q, num_draws: int, generator: torch.Generator):
     errors = {k: (means[k] - moments[k][0]).abs()
               / (moments[k][1] / num_draws).sqrt().clamp_min(1e-300) for k in means}
     return means, errors
+
+
+def bias_test(p, q, name: str, num_draws: int, generator: torch.Generator):
+    """Is the estimator ``name`` biased, as seen from ``num_draws`` draws of each row of ``p [R,
+    K]``? Per row, a Chebyshev test of its sample mean against ``KL(p || q)`` with the exact
+    standard error (``kl_estimator_moments``; valid for any law of the estimates), combined by
+    the intersection-union test ("biased in every row"): a ``gsfh_utils.lab.stats.TestResult``."""
+    from .gibbs import kl_divergence
+    from .lab import stats
+
+    if name not in ESTIMATORS:
+        raise ValueError(f"name must be one of {ESTIMATORS}, got {name!r}")
+    p, q = check_probs(p, "p"), check_probs(q, "q")
+    if p.ndim != 2:
+        raise ValueError(f"p must have shape [rows, K], got {tuple(p.shape)}")
+    means, _ = monte_carlo_means(p, q, num_draws, generator)
+    variance, kl = kl_estimator_moments(p, q)[name][1], kl_divergence(p, q)
+    return stats.every([stats.chebyshev_test(means[name][row], kl[row],
+                                             (variance[row] / num_draws).sqrt())
+                        for row in range(p.shape[0])], "rows")

@@ -62,7 +62,7 @@ def test_notebook_02_on_a_small_zipf_instance(tmp_path):
     assert curves["seed"].nunique() == 12 and sorted(curves["n"].unique()) == [100, 300, 1000]
     assert sorted(data(run, "coverage_dial")["trap_mass"].unique()) == [0.01, 0.1]
     # one size from rate_min_size on: the rate claims are skipped, with their reason
-    assert skipped(run) == {"mle_error_rate", "suboptimality_rate", "faster_than_paper_rate"}
+    assert skipped(run) == {"mle_error_rate", "suboptimality_rate"}
 
 
 @pytest.mark.notebook

@@ -3,6 +3,7 @@ the gap identity, and preference sampling (shapes, determinism, frequencies at a
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -257,6 +258,22 @@ def test_policy_outside_the_support_has_infinite_suboptimality():
     uniform = torch.full((4, 5), 0.2, dtype=F64)  # puts mass on pi0's zeros
     assert bandit.value(uniform).item() == -math.inf
     assert bandit.suboptimality(uniform).item() == math.inf
+
+
+@pytest.mark.parametrize("eta", [1e-3, 0.5, 50.0])
+def test_largest_suboptimality_against_every_deterministic_policy(eta):
+    """Brute force: the suboptimality of every deterministic policy on pi0's support (400 of
+    them); the largest equals the closed form, and random policies stay below it."""
+    bandit = make_bandit(seed=5, eta=eta)
+    supports = [torch.nonzero(bandit.ref_probs[x] > 0).flatten().tolist()
+                for x in range(bandit.num_contexts)]
+    deterministic = torch.stack([torch.nn.functional.one_hot(torch.tensor(actions), 5).to(F64)
+                                 for actions in itertools.product(*supports)])
+    largest = bandit.largest_suboptimality()
+    brute = bandit.suboptimality(deterministic).max().item()
+    assert abs(largest - brute) <= 1e-9 * max(1.0, abs(brute))
+    assert bandit.suboptimality(random_policies(bandit, 16, seed=6)).max().item() <= largest
+    assert bandit.largest_suboptimality() > 0
 
 
 # --- preference sampling ----------------------------------------------------------------------

@@ -95,3 +95,28 @@ def test_bad_inputs():
         kl_estimates_from_samples(torch.tensor([0.0, 1.0]), p, p)
     with pytest.raises(ValueError, match="log_p"):
         kl_estimates(torch.tensor([-math.inf]), torch.tensor([0.0]))
+
+
+def test_bias_test_against_a_direct_chebyshev_computation():
+    """The p-value is the largest over rows of min(1, 1/z^2), z from the same draws; k2 is
+    detected far from q, k1 (unbiased) is not."""
+    from gsfh_utils.kl_estimators import bias_test
+
+    q = torch.softmax(torch.randn(3, 6, dtype=torch.float64,
+                                  generator=torch.Generator().manual_seed(2)), -1)
+    p = torch.softmax(4 * torch.randn(3, 6, dtype=torch.float64,
+                                      generator=torch.Generator().manual_seed(3)), -1)
+    for name in ("k1", "k2"):
+        result = bias_test(p, q, name, 20000, torch.Generator().manual_seed(4))
+        draws = torch.multinomial(p, 20000, replacement=True,
+                                  generator=torch.Generator().manual_seed(4))
+        mean = kl_estimates_from_samples(draws, p, q)[name].mean(-1)
+        z = (mean - gu.kl_divergence(p, q)).abs() / (
+            kl_estimator_moments(p, q)[name][1] / 20000).sqrt()
+        assert result.p_value == pytest.approx(min(1.0, float((1 / z**2).max())), rel=1e-9)
+    assert bias_test(p, q, "k2", 20000, torch.Generator().manual_seed(4)).p_value < 0.01
+    assert bias_test(p, q, "k1", 20000, torch.Generator().manual_seed(4)).p_value > 0.01
+    with pytest.raises(ValueError, match="name"):
+        bias_test(p, q, "k4", 10, torch.Generator())
+    with pytest.raises(ValueError, match="p must have shape"):
+        bias_test(p[0], q[0], "k1", 10, torch.Generator())

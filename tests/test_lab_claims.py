@@ -108,43 +108,50 @@ def test_values_may_be_tensors_but_must_be_numbers():
     assert [c.id for c in claims.claims] == ["tensor"]
 
 
-# --- theorem with "~": the theory inside a confidence interval --------------------------------
+# --- theorem with "~": an equivalence test, the interval inside theory +- margin ---------------
 
 
 @pytest.mark.parametrize(
     ("theory", "interval", "holds"),
-    [(-1.0, (-1.2, -0.9), True), (-1.0, (-1.0, -0.5), True), (-1.0, (-1.5, -1.0), True),
-     (-1.0, (-0.99, -0.5), False), (-1.0, (-2.0, -1.01), False), (0.5, (0.0, INF), True),
+    [(-1.0, (-1.2, -0.9), True), (-1.0, (-1.25, -0.75), True), (-1.0, (-1.26, -0.9), False),
+     (-1.0, (-1.1, -0.74), False), (-1.0, (-0.7, -0.6), False), (0.5, (0.4, INF), False),
      (NAN, (0.0, 1.0), False), (0.5, (NAN, 1.0), False)],
 )
-def test_approximate_theorem_holds_when_the_theory_lies_in_the_interval(theory, interval, holds):
+def test_approximate_theorem_holds_when_the_interval_lies_within_the_margin(theory, interval,
+                                                                           holds):
     claims = explorer()
     claims.theorem("rate", "the rate is n^-1", measured=-0.98, theory=theory, comparison="~",
-                   interval=interval)
+                   interval=interval, margin=0.25)
     assert claims.claims[0].holds is holds
+    assert claims.claims[0].fields["margin"] == 0.25
 
 
 def test_approximate_theorem_with_a_nan_measurement_does_not_hold():
     claims = explorer()
-    claims.theorem("rate", "s", measured=NAN, theory=1.0, comparison="~", interval=(0.0, 2.0))
+    claims.theorem("rate", "s", measured=NAN, theory=1.0, comparison="~", interval=(0.9, 1.1),
+                   margin=0.5)
     assert claims.claims[0].holds is False
 
 
-@pytest.mark.parametrize("interval", [None, (1.0,), (0.0, 1.0, 2.0)])
-def test_approximate_theorem_needs_a_two_sided_interval(interval):
-    with pytest.raises(ValueError, match="interval"):
+@pytest.mark.parametrize(("interval", "margin"), [(None, 0.1), ((1.0,), 0.1),
+                                                  ((0.0, 1.0, 2.0), 0.1), ((0.0, 1.0), None)])
+def test_approximate_theorem_needs_an_interval_and_a_margin(interval, margin):
+    with pytest.raises(ValueError, match="interval=.* and margin"):
         ClaimRegistry().theorem("rate", "s", measured=1.0, theory=1.0, comparison="~",
-                                interval=interval)
+                                interval=interval, margin=margin)
+    with pytest.raises(ValueError, match="margin must be positive"):
+        ClaimRegistry().theorem("rate", "s", measured=1.0, theory=1.0, comparison="~",
+                                interval=(0.9, 1.1), margin=0.0)
 
 
 def test_non_finite_interval_and_values_are_recorded_as_strings():
     claims = explorer()
     claims.theorem("one_sided", "s", measured=1.0, theory=0.5, comparison="~",
-                   interval=(0.25, INF))
+                   interval=(0.25, INF), margin=0.5)
     claims.theorem("diverged", "s", measured=INF, theory=1.0)
     claims.theorem("undefined", "s", measured=NAN, theory=1.0)
     one_sided, diverged, undefined = strict(claims)
-    assert one_sided["comparison"] == "~" and one_sided["holds"] is True
+    assert one_sided["comparison"] == "~" and one_sided["holds"] is False  # unbounded above
     assert one_sided["interval"] == [0.25, "inf"]
     assert diverged["measured"] == diverged["value"] == diverged["ratio"] == "inf"
     assert undefined["measured"] == undefined["ratio"] == "nan"
@@ -417,14 +424,14 @@ def test_each_kind_prints_one_readable_line(capsys):
     claims = explorer()
     claims.theorem("mirror", "s", measured=0.04, theory=0.3)
     claims.theorem("rate", "s", measured=-1.02, theory=-1.0, comparison="~",
-                   interval=(-1.1, -0.9))
+                   interval=(-1.1, -0.9), margin=0.25)
     claims.theorem("loose", "s", measured=2.0, theory=1.0)
     claims.finding("wins", "s", test=outcome(1e-9), comparisons=3, family="f")
     claims.finding("weak", "s", test=outcome(0.25, effect=0.55, samples=12))
     claims.identity("gap", "s", value=1.5e-16, threshold=1e-12)
     assert capsys.readouterr().out.splitlines() == [
         "[theorem] mirror: measured 0.04 ≤ theory 0.3 (ratio 0.1333) — holds",
-        "[theorem] rate: measured -1.02 [-1.1, -0.9], theory -1 — holds",
+        "[theorem] rate: measured -1.02 [-1.1, -0.9], theory -1 ± 0.25 — holds",
         "[theorem] loose: measured 2 ≤ theory 1 (ratio 2) — DOES NOT HOLD",
         "[finding] wins: fraction won 0.8 (sign test, 40 samples), p < 1e-06 vs 0.003333 "
         "(0.01/3) — holds",

@@ -154,7 +154,7 @@ def results_of(notebook: str = "07_x") -> dict:
     claims.finding("wins", "A beats B", test=outcome(1e-9), comparisons=3, family="f")
     claims.theorem("bound", "gap within the bound", measured=0.04, theory=0.3)
     claims.theorem("rate", "slope is -1", measured=-1.02, theory=-1.0, comparison="~",
-                   interval=(-1.1, -0.9))
+                   interval=(-1.1, -0.9), margin=0.25)
     claims.finding("weak", "C beats D", test=outcome(0.25))
     claims.skip("slope", "one data size only")
     return {**COMPLETE, "notebook": notebook, "claims": claims.to_list(),
@@ -180,8 +180,8 @@ def test_claims_frame_rows():
                              "theory / threshold": "≤ 0.3", "margin": "ratio 0.1333",
                              "verdict": "holds"}
     assert rows["rate"]["measured"] == "-1.02 [-1.1, -0.9]"
-    assert rows["rate"]["theory / threshold"] == "-1"
-    assert rows["rate"]["margin"] == "theory inside the interval"
+    assert rows["rate"]["theory / threshold"] == "-1 ± 0.25"
+    assert rows["rate"]["margin"] == "interval inside"
     assert rows["wins"]["measured"] == "0.8 (fraction won, n = 40)"
     assert rows["wins"]["theory / threshold"] == "p ≤ 0.003333 (0.01/3)"
     assert rows["wins"]["margin"] == "p < 1e-06; paired sign test"
@@ -213,12 +213,12 @@ def test_claims_frame_reads_non_finite_values_back_from_a_results_file():
     claims = ClaimRegistry(explore=True)
     claims.finding("undefined", "s", test=outcome(math.nan))
     claims.theorem("outside", "s", measured=1.0, theory=math.nan, comparison="~",
-                   interval=(0.0, math.inf))
+                   interval=(0.0, math.inf), margin=0.5)
     data = json.loads(dump_results({**COMPLETE, "claims": claims.to_list()}))
     rows = claims_frame([data]).set_index("claim").to_dict("index")
     assert rows["undefined"]["margin"] == "p = nan; paired sign test"
     assert rows["outside"]["measured"] == "1 [0, inf]"
-    assert rows["outside"]["margin"] == "theory outside the interval"
+    assert rows["outside"]["margin"] == "interval not inside"
     assert rows["outside"]["verdict"] == rows["undefined"]["verdict"] == "DOES NOT HOLD"
 
 

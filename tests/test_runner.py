@@ -14,6 +14,7 @@ from gsfh_utils.lab.claims import ClaimRegistry
 from gsfh_utils.lab.results import dump_results, read_results
 from gsfh_utils.lab.runner import (
     NotebookRun,
+    build_parser,
     canonical,
     check_parameters,
     find_notebooks,
@@ -502,3 +503,8 @@ def test_a_passing_run_with_a_changed_parameter_is_not_promoted(tmp_path, monkey
     assert data["profile"] == "full" and data["parameters"]["value"] == 0.25
     assert data["complete"] and all(claim["holds"] for claim in data["claims"])
     assert not (tmp_path / "destination").exists()
+
+
+def test_repeated_notebook_options_add_up():
+    arguments = build_parser().parse_args(["-n", "01", "-n", "05", "03"])
+    assert arguments.notebooks == ["01", "05", "03"]

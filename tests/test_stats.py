@@ -125,6 +125,27 @@ def test_empirical_counts_against_bincount():
     assert torch.equal(empirical_counts(torch.tensor([2, 2, 0]), 3), t([1.0, 0.0, 2.0]))
 
 
+def test_empirical_total_variation_by_hand():
+    # draws 0, 0, 1, 3: empirical law (1/2, 1/4, 0, 1/4) against (1/4, 1/4, 1/4, 1/4)
+    samples = torch.tensor([[0, 0, 1, 3], [0, 1, 2, 3]])
+    tv = stats.empirical_total_variation(samples, t([0.25] * 4))
+    assert torch.allclose(tv, t([0.25, 0.0]), atol=1e-15, rtol=0)
+    with pytest.raises(ValueError, match="samples"):
+        stats.empirical_total_variation(torch.zeros(2, 0, dtype=torch.long), t([0.5, 0.5]))
+    with pytest.raises(ValueError, match="probs"):
+        stats.empirical_total_variation(samples, t([0.5, 0.6, 0.0, 0.0]))
+
+
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=40),
+       st.lists(st.floats(0.0, 1.0), min_size=5, max_size=5).filter(lambda w: sum(w) > 1e-3))
+def test_empirical_total_variation_is_a_tv_in_unit_interval(draws, weights):
+    probs = t(weights) / sum(weights)
+    tv = stats.empirical_total_variation(torch.tensor(draws), probs).item()
+    law = torch.bincount(torch.tensor(draws), minlength=5).to(F64) / len(draws)
+    assert 0.0 <= tv <= 1.0 + 1e-12
+    assert math.isclose(tv, 0.5 * (law - probs).abs().sum().item(), abs_tol=1e-12)
+
+
 @pytest.mark.parametrize("probability", [1e-12, 1e-3, 0.025, 0.3, 0.5, 0.975, 1 - 1e-9])
 def test_normal_quantile_matches_scipy(probability):
     assert math.isclose(normal_quantile(probability), scipy.stats.norm.ppf(probability),

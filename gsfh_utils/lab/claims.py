@@ -107,7 +107,8 @@ def describe(claim: dict) -> str:
         measured, theory = format_number(claim["measured"]), format_number(claim["theory"])
         if claim["comparison"] == "~":
             low, high = (format_number(v) for v in claim["interval"])
-            return f"measured {measured} [{low}, {high}], theory {theory}"
+            return (f"measured {measured} [{low}, {high}], theory {theory} ± "
+                    f"{format_number(claim['margin'])}")
         ratio = "" if claim.get("ratio") is None else f" (ratio {format_number(claim['ratio'])})"
         return f"measured {measured} {symbol} theory {theory}{ratio}"
     if kind == "finding":
@@ -138,12 +139,15 @@ class ClaimRegistry:
     # --- the three kinds ------------------------------------------------------------------------
 
     def theorem(self, id: str, statement: str, *, measured, theory, comparison: str = "<=",
-                interval=None, holds: bool | None = None, criterion: str | None = None,
-                **details) -> None:
+                interval=None, margin=None, holds: bool | None = None,
+                criterion: str | None = None, **details) -> None:
         """A quantitative statement of theory: ``measured comparison theory``.
 
-        With ``comparison="~"`` it holds when ``theory`` lies in ``interval`` (a confidence
-        interval of the measurement, e.g. of a fitted rate). ``holds`` overrides the default rule
+        With ``comparison="~"`` it is an equivalence test: it holds when the whole ``interval``
+        (a confidence interval of the measurement, e.g. of a fitted rate) lies within
+        ``theory +- margin``, a tolerance stated in advance (e.g. half the distance to the
+        competing value). Not rejecting ``theory`` would pass more easily with less data; an
+        interval inside the margin needs enough of it. ``holds`` overrides the default rule
         when the verdict is decided otherwise (e.g. a binomial test on a coverage); say how in
         ``criterion``. ``ratio = measured / theory`` is recorded.
         """
@@ -151,11 +155,15 @@ class ClaimRegistry:
         fields = {"measured": measured, "theory": theory,
                   "ratio": measured / theory if theory != 0 else None}
         if comparison == "~":
-            if interval is None or len(interval) != 2:
-                raise ValueError("comparison '~' needs interval=(low, high)")
+            if interval is None or len(interval) != 2 or margin is None:
+                raise ValueError("comparison '~' needs interval=(low, high) and margin")
             low, high = (_number(v, "interval") for v in interval)
-            fields["interval"] = [low, high]
-            default = not math.isnan(measured) and low <= theory <= high
+            margin = _number(margin, "margin")
+            if not margin > 0:
+                raise ValueError(f"margin must be positive, got {margin!r}")
+            fields["interval"], fields["margin"] = [low, high], margin
+            default = (not math.isnan(measured)
+                       and theory - margin <= low <= high <= theory + margin)
         else:
             self._check_comparison(comparison)
             default = not math.isnan(measured) and COMPARISONS[comparison](measured, theory)

@@ -294,7 +294,8 @@ def hybrid_figure(frame, *, catch_up: float):
     fig, ax = plt.subplots()
     for start, part in frame.groupby("start", sort=False):
         _quantile_curve(ax, part, "batches", "accuracy", start)
-    ax.axhline(catch_up, color="grey", ls=":", lw=1, label="catch-up level")
+    ax.axhline(catch_up, color="grey", ls=":", lw=1,
+               label="catch-up level (uniform start, median at 0)")
     ax.set(yscale="log", xlabel="online batches",
            ylabel=r"accuracy of the main agent (median, IQR)", title="The hybrid start")
     ax.legend(fontsize=8)

@@ -75,10 +75,8 @@ def _row(claim: dict) -> dict:
         if claim["comparison"] == "~":
             low, high = claim["interval"]
             measured += f" [{format_number(low)}, {format_number(high)}]"
-            reference = format_number(claim["theory"])
-            # float(): non-finite entries are read back from the results file as "nan", "inf"
-            inside = float(low) <= float(claim["theory"]) <= float(high)
-            margin = f"theory {'inside' if inside else 'outside'} the interval"
+            reference = f"{format_number(claim['theory'])} ± {format_number(claim['margin'])}"
+            margin = "interval inside" if claim["holds"] else "interval not inside"
         else:
             reference = f"{symbol} {format_number(claim['theory'])}"
             margin = "" if claim.get("ratio") is None else (

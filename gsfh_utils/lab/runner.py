@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Execute the GSHF companion notebooks with papermill and check their claims.")
     parser.add_argument("--profile", default="full", choices=PROFILES,
                         help="'full' for the figures, 'small' for fast tests (default: full)")
-    parser.add_argument("-n", "--notebooks", nargs="*", metavar="NN",
+    parser.add_argument("-n", "--notebooks", nargs="*", action="extend", metavar="NN",
                         help="run only these notebooks: number (01), name, or path to a copy")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                         metavar=("NAME", "VALUE"),

@@ -30,6 +30,17 @@ def empirical_counts(samples: torch.Tensor, num_actions: int) -> torch.Tensor:
     return counts.scatter_add_(-1, samples, torch.ones_like(samples, dtype=torch.float64))
 
 
+def empirical_total_variation(samples: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """TV between the empirical law of ``samples [..., n]`` (action indices) and ``probs
+    [..., K]``: shape ``[...]``. Positive even for exact draws (about ``sqrt(K / n)`` / 2 at
+    most), so compare it with the same statistic of exact draws."""
+    probs = check_probs(probs, "probs")
+    if samples.ndim == 0 or samples.shape[-1] == 0:
+        raise ValueError("samples must hold at least one draw in the last dimension")
+    law = empirical_counts(samples, probs.shape[-1]) / samples.shape[-1]
+    return 0.5 * (law - probs).abs().sum(-1)
+
+
 def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """Pearson chi-square goodness-of-fit p-value of ``counts`` against ``probs`` (batched).
 
