@@ -509,17 +509,17 @@ def test_pooling_over_seeds_by_hand():
     pooled = over_seeds(tests)
     mean, se = 0.35 / 3, math.sqrt(0.01 + 0.0025 + 0.0004) / 3
     assert pooled.effect == pytest.approx(mean)
-    assert pooled.p_value == pytest.approx(scipy_stats.norm.sf(mean / se))
+    # the seed is the unit: a one-sample t-test of the per-seed differences
+    t_p = scipy_stats.ttest_1samp(effects, 0.0, alternative="greater").pvalue
+    assert pooled.p_value == pytest.approx(t_p)
+    assert pooled.details["fixed_effect_p_value"] == pytest.approx(scipy_stats.norm.sf(mean / se))
     assert pooled.details["every_seed_p_value"] == pytest.approx(scipy_stats.norm.sf(-2.5))
     # z = 3 (p 0.0013), 2 (p 0.023) and -2.5 (p 0.0062 the other way round)
     assert (pooled.details["seeds_significant"], pooled.details["seeds_significant_opposite"]) \
         == (1, 1)
-    t_p = scipy_stats.ttest_1samp(effects, 0.0, alternative="greater").pvalue
-    assert pooled.details["across_seeds_t_test_p_value"] == pytest.approx(t_p)
     assert over_seeds(tests, level=0.05).details["seeds_significant"] == 2
-    assert over_seeds(tests[:1]).details["across_seeds_t_test_p_value"] is None
-    with pytest.raises(ValueError, match="tests"):
-        over_seeds([])
+    with pytest.raises(ValueError, match="at least two"):
+        over_seeds(tests[:1])
 
 
 def test_every_seed_tests_against_scipy():
@@ -536,7 +536,10 @@ def test_every_seed_tests_against_scipy():
     assert combined.details["every_seed_p_value"] == pytest.approx(
         max(scipy_stats.norm.sf(v) for v in z))
     pooled_se = math.hypot(*se) / 2
-    assert combined.p_value == pytest.approx(scipy_stats.norm.sf(0.2 / pooled_se))
+    assert combined.details["fixed_effect_p_value"] == pytest.approx(
+        scipy_stats.norm.sf(0.2 / pooled_se))
+    assert combined.p_value == pytest.approx(
+        scipy_stats.ttest_1samp([0.3, 0.1], 0.0, alternative="greater").pvalue)
     assert combined.effect == pytest.approx(0.2) and combined.num_samples == 2
     frame = mini.comparisons_frame(runs)
     assert list(frame["minus_offline_dpo"]) == pytest.approx([0.3, 0.1])
@@ -555,7 +558,7 @@ def test_every_seed_tests_against_scipy():
         mini.length_growth_in_every_seed([{**runs[0], "gshf_trajectory": [longer, longer]}])
 
 
-def test_proxy_length_sign_test_pools_iterations_and_seeds():
+def test_proxy_length_sign_test_in_every_seed():
     from scipy import stats as scipy_stats
 
     from gsfh_utils.lm import experiment as mini
@@ -563,11 +566,13 @@ def test_proxy_length_sign_test_pools_iterations_and_seeds():
     curve = [(1.0, (0.8, 1.2, 2.0)), (0.5, (1.0, 1.4, 4.0))]
     runs = [fake_run(0, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve, signs=[[30, 10], [25, 20]]),
             fake_run(1, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve, signs=[[5, 9]])]
-    result = mini.proxy_length_test(runs)
-    exact = scipy_stats.binomtest(60, 99, 0.5, alternative="greater").pvalue
-    assert result.p_value == pytest.approx(exact) and result.effect == pytest.approx(60 / 99)
+    result = mini.proxy_length_test(runs)  # seed 0: 55 of 85 longer; seed 1: 5 of 14
+    exact = [scipy_stats.binomtest(k, n, 0.5, alternative="greater").pvalue
+             for k, n in ((55, 85), (5, 14))]
+    assert result.p_value == pytest.approx(max(exact)) and result.effect == pytest.approx(5 / 14)
+    assert (result.details["proxy_pairs_longer"], result.details["proxy_pairs_unequal"]) == (60, 99)
     assert (result.details["gold_pairs_longer"], result.details["gold_pairs_unequal"]) == (24, 40)
-    with pytest.raises(ValueError, match="no GSHF pair"):
+    with pytest.raises(ValueError, match="every seed"):
         mini.proxy_length_test([fake_run(0, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve,
                                          signs=[[0, 0]])])
 
@@ -620,3 +625,21 @@ def test_streams_are_distinct_and_a_method_knob_leaves_the_others_alone():
         changed["diagnostics"]["gshf_pairs_length_signs"]
     assert base["diagnostics"]["gold_pairs_length_signs"] == \
         changed["diagnostics"]["gold_pairs_length_signs"]
+
+
+def test_the_concave_envelope_bounds_a_concave_curve_from_above():
+    from gsfh_utils.lm.experiment import interpolate
+
+    kls = [0.0, 1.0, 2.0, 3.0]
+    values = [math.sqrt(k) for k in kls]  # concave
+    point = interpolate(kls=kls, values=values, standard_errors=[0.1] * 4, at=1.5)
+    # chord through (1, 1), (2, sqrt 2); lines through (0, 0)-(1, 1) and (2, sqrt 2)-(3, sqrt 3)
+    chord = 1 + 0.5 * (math.sqrt(2) - 1)
+    right = math.sqrt(2) - 0.5 * (math.sqrt(3) - math.sqrt(2))
+    assert point["value"] == pytest.approx(chord)
+    assert point["concave_value"] == pytest.approx(min(1.5, right))
+    assert point["value"] < math.sqrt(1.5) < point["concave_value"]
+    # the line through (2, v2) and (3, v3) at 1.5: t = -1.5, value (1 + t) v3 - t v2
+    assert point["concave_standard_error"] == pytest.approx(math.hypot(1.5 * 0.1, 0.5 * 0.1))
+    edge = interpolate(kls=[0.0, 1.0], values=[0.0, 1.0], standard_errors=[0.1, 0.1], at=0.5)
+    assert edge["concave_value"] == edge["value"]  # no neighbouring segment: the chord

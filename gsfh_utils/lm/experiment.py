@@ -380,33 +380,31 @@ def difference_test(evaluation: dict, *, baseline: dict, metric: str = "gold",
 
 def over_seeds(tests: list[stats.TestResult], alternative: str = "greater", *,
                level: float = 0.01) -> stats.TestResult:
-    """The per-seed z-tests of one comparison (each with ``details["standard_error"]``), pooled:
-    a z-test of the mean of the per-seed differences, whose standard error is
-    ``sqrt(sum se_i^2) / S`` (the evaluations of different seeds are independent). Like each
-    per-seed test it is conditional on the policies the seeds trained: "on average over these
-    runs". ``details`` keeps the per-seed differences and p-values, the p-value of "in every
-    seed" (``stats.every``, the intersection-union test), the number of seeds whose own test is
-    at or below ``level`` in either direction, and the p-value of a one-sample t-test of the
-    per-seed differences across seeds (which also counts the training randomness; it needs
-    several seeds to have power; None for one seed)."""
-    if not tests:
-        raise ValueError("tests must hold at least one per-seed test")
+    """The per-seed z-tests of one comparison (each with ``details["standard_error"]``), combined
+    with the *seed* as the unit of replication: a one-sample t-test of the per-seed differences,
+    which counts the training randomness (the language, pi0, the data and every method's
+    training differ from seed to seed). ``details`` keeps the per-seed differences and p-values,
+    the p-value of "in every seed" (``stats.every``, the intersection-union test), the number of
+    seeds whose own test is at or below ``level`` in either direction, and the fixed-effect
+    z-test of the mean difference (``sqrt(sum se_i^2) / S``: conditional on the trained policies,
+    so it ignores the training randomness and overstates the evidence for the method)."""
+    if len(tests) < 2:
+        raise ValueError("tests must hold at least two per-seed tests (the seed is the unit)")
     effects = [t.effect for t in tests]
     spread = math.sqrt(sum(t.details["standard_error"] ** 2 for t in tests)) / len(tests)
-    pooled = stats.z_test(sum(effects) / len(tests), 0.0, spread, alternative)
-    every = stats.every(tests, "seeds")
-    across = stats.mean_test(effects, 0.0, alternative).p_value if len(tests) > 1 else None
+    fixed = stats.z_test(sum(effects) / len(tests), 0.0, spread, alternative)
+    across = stats.mean_test(effects, 0.0, alternative)
     opposite = "less" if alternative == "greater" else "greater"
     below = sum(stats.z_test(t.effect, 0.0, t.details["standard_error"], opposite).p_value
                 <= level for t in tests)
-    details = {"z": pooled.details["z"], "standard_error": spread,
-               "per_seed_effects": effects, "per_seed_p_values": [t.p_value for t in tests],
-               "every_seed_p_value": every.p_value,
+    details = {**across.details, "per_seed_effects": effects,
+               "per_seed_p_values": [t.p_value for t in tests],
+               "every_seed_p_value": stats.every(tests, "seeds").p_value,
                "seeds_significant": sum(t.p_value <= level for t in tests),
-               "seeds_significant_opposite": below, "across_seeds_t_test_p_value": across}
-    return stats.TestResult(f"{tests[0].test}, mean over {len(tests)} seeds (fixed effect)",
-                            pooled.p_value, pooled.effect, f"mean {tests[0].effect_name}",
-                            len(tests), details)
+               "seeds_significant_opposite": below, "fixed_effect_p_value": fixed.p_value}
+    return stats.TestResult(f"one-sample t-test of the per-seed differences ({tests[0].test} "
+                            "within each seed)", across.p_value, across.effect,
+                            f"mean {tests[0].effect_name}", len(tests), details)
 
 
 def compare_over_seeds(runs: list[dict], *, method: str, baseline: str, metric: str = "gold",
@@ -432,7 +430,10 @@ def interpolate(*, kls, values, standard_errors, at: float) -> dict:
     the neighbours ``lo``, ``hi`` of ``at``. Outside the range of ``kls`` there is no
     extrapolation: the nearest endpoint is returned with ``inside = False``. Returns ``value``,
     ``standard_error``, ``inside``, ``lower``, ``upper`` (indices of the neighbours into the
-    inputs), ``weight`` (``w``) and ``slope``."""
+    inputs), ``weight`` (``w``), ``slope``, and ``concave_value`` with its
+    ``concave_standard_error``: the smallest of the neighbouring segments' lines extended to
+    ``at``, which bounds a *concave* curve from above where the chord bounds it from below (the
+    chord itself where no neighbouring segment exists)."""
     kls, values, errors = (torch.as_tensor(x, dtype=torch.float64).reshape(-1)
                            for x in (kls, values, standard_errors))
     if not kls.numel() >= 2 or kls.shape != values.shape or kls.shape != errors.shape:
@@ -456,26 +457,41 @@ def interpolate(*, kls, values, standard_errors, at: float) -> dict:
         weight = 0.0 if at < kls[order[0]] else 1.0
     value = ((1 - weight) * values[lower] + weight * values[upper]).item()
     error = math.hypot((1 - weight) * errors[lower].item(), weight * errors[upper].item())
+    concave = (value, error)
+    if inside:
+        lines = [(order[i - 1], order[i]) for i in (upper_position - 1, upper_position + 1)
+                 if 1 <= i < kls.numel()]
+        for first, second in lines:  # the line through (first, second) evaluated at ``at``
+            t = ((at - kls[second]) / (kls[second] - kls[first])).item()
+            extended = ((1 + t) * values[second] - t * values[first]).item()
+            if extended < concave[0] or concave == (value, error):
+                concave = (extended, math.hypot(t * errors[first].item(),
+                                                (1 + t) * errors[second].item()))
     return {"value": value, "standard_error": error, "inside": inside, "lower": lower,
-            "upper": upper, "weight": weight, "slope": slope}
+            "upper": upper, "weight": weight, "slope": slope, "concave_value": concave[0],
+            "concave_standard_error": concave[1]}
 
 
 def matched_kl_test(run: dict, *, kl: str = "kl_k1", alternative: str = "greater",
-                    method: str = "gshf") -> stats.TestResult:
+                    method: str = "gshf", envelope: bool = False) -> stats.TestResult:
     """z-test of ``method``'s gold reward against the offline-DPO curve of the same seed,
     linearly interpolated at ``method``'s KL (``kl``: ``"kl_k1"`` or ``"kl_k3"``); the standard
-    error combines the method's with the interpolated one (``interpolate``). Beyond the curve's
-    range the comparison is with its nearest endpoint (``details["inside"]`` is False). The
-    noise of the KL coordinates is not propagated; ``details["kl_noise"]`` is its first-order
-    size, ``|slope| * se(KL)``."""
+    error combines the method's with the interpolated one (``interpolate``). The chord lies
+    below a concave curve, which favours ``method``; ``envelope=True`` compares with the
+    neighbouring segments' lines instead, which lie above it (a conservative comparison).
+    Beyond the curve's range the comparison is with its nearest endpoint (``details["inside"]``
+    is False). The noise of the KL coordinates is not propagated; ``details["kl_noise"]`` is its
+    first-order size, ``|slope| * se(KL)``."""
     if kl not in ("kl_k1", "kl_k3"):
         raise ValueError(f"kl must be 'kl_k1' or 'kl_k3', got {kl!r}")
     curve, own = run["frontier"], run["evaluations"][method]
     point = interpolate(kls=[p[kl] for p in curve], values=[p["gold"] for p in curve],
                         standard_errors=[standard_error(p, "gold") for p in curve], at=own[kl])
-    spread = math.hypot(standard_error(own, "gold"), point["standard_error"])
-    result = stats.z_test(own["gold"], point["value"], spread, alternative)
-    details = {**result.details, "kl": own[kl], "curve_gold": point["value"],
+    curve_gold, curve_error = ((point["concave_value"], point["concave_standard_error"])
+                               if envelope else (point["value"], point["standard_error"]))
+    spread = math.hypot(standard_error(own, "gold"), curve_error)
+    result = stats.z_test(own["gold"], curve_gold, spread, alternative)
+    details = {**result.details, "kl": own[kl], "curve_gold": curve_gold,
                "inside": point["inside"], "factors": [curve[point["lower"]]["factor"],
                                                      curve[point["upper"]]["factor"]],
                "kl_noise": abs(point["slope"]) * standard_error(own, kl),
@@ -486,12 +502,13 @@ def matched_kl_test(run: dict, *, kl: str = "kl_k1", alternative: str = "greater
 
 
 def matched_kl_over_seeds(runs: list[dict], *, kl: str = "kl_k1", alternative: str = "greater",
-                          level: float = 0.01) -> stats.TestResult:
+                          level: float = 0.01, envelope: bool = False) -> stats.TestResult:
     """``matched_kl_test`` in every seed, pooled by ``over_seeds``; ``details`` also counts the
     seeds where GSHF's KL lies outside the curve's range (``outside``)."""
     if not runs:
         raise ValueError("runs must hold at least one seed")
-    tests = [matched_kl_test(run, kl=kl, alternative=alternative) for run in runs]
+    tests = [matched_kl_test(run, kl=kl, alternative=alternative, envelope=envelope)
+             for run in runs]
     pooled = over_seeds(tests, alternative, level=level)
     details = {**pooled.details, "outside": sum(not t.details["inside"] for t in tests),
                "kl_noise": max(t.details["kl_noise"] for t in tests)}
@@ -520,38 +537,43 @@ def win_rate_in_every_seed(runs: list[dict], method: str = "gshf") -> stats.Test
 
 
 def proxy_length_test(runs: list[dict]) -> stats.TestResult:
-    """Exact sign test that the proxy's chosen (best-of-n) response of GSHF's pairs is longer
-    than the rejected one more often than not, pooled over iterations and seeds (pairs of equal
-    length left out). ``details`` holds the same counts on the gold-labelled pi0 pairs."""
-    proxy = torch.tensor([signs for run in runs
-                          for signs in run["diagnostics"]["gshf_pairs_length_signs"]],
-                         dtype=torch.long).reshape(-1, 2).sum(0)
+    """In every seed (each has its own proxy), an exact sign test that the proxy's chosen
+    (best-of-n) response of GSHF's pairs is longer than the rejected one more often than not
+    (over its iterations; pairs of equal length left out), combined by ``stats.every``.
+    ``details`` holds the pooled fractions and the same counts on the gold-labelled pi0 pairs."""
+    per_seed = [torch.tensor(run["diagnostics"]["gshf_pairs_length_signs"],
+                             dtype=torch.long).reshape(-1, 2).sum(0) for run in runs]
+    if not per_seed or min(int(signs.sum()) for signs in per_seed) == 0:
+        raise ValueError("every seed must hold a GSHF pair of unequal length")
+    tests = [stats.binomial_test(int(signs[0]), int(signs.sum())) for signs in per_seed]
+    proxy = torch.stack(per_seed).sum(0)
     gold = torch.tensor([run["diagnostics"]["gold_pairs_length_signs"] for run in runs],
                         dtype=torch.long).reshape(-1, 2).sum(0)
-    if int(proxy.sum()) == 0:
-        raise ValueError("the runs hold no GSHF pair of unequal length")
-    result = stats.binomial_test(int(proxy[0]), int(proxy.sum()))
-    details = {**result.details, "gold_pairs_longer": int(gold[0]),
+    result = stats.every(tests, "seeds")
+    details = {**result.details, "proxy_pairs_longer": int(proxy[0]),
+               "proxy_pairs_unequal": int(proxy.sum()), "gold_pairs_longer": int(gold[0]),
                "gold_pairs_unequal": int(gold.sum())}
-    return stats.TestResult("exact one-sided sign test", result.p_value, result.effect,
-                            "fraction of pairs whose chosen response is longer",
+    return stats.TestResult(result.test, result.p_value, result.effect,
+                            "smallest fraction of pairs whose chosen response is longer",
                             result.num_samples, details)
 
 
 def matched_kl_frame(runs: list[dict]) -> pd.DataFrame:
     """The matched-KL comparison of every seed, with the ``k1`` and the ``k3`` estimate of KL:
     GSHF's KL and gold reward, the offline-DPO curve's gold at that KL, their difference, the
-    z-score and one-sided p-value (``matched_kl_test``) and whether the KL lies inside the
-    curve's range."""
+    z-score and one-sided p-value (``matched_kl_test``), whether the KL lies inside the curve's
+    range, and the difference against the conservative envelope (``envelope=True``)."""
     rows = []
     for run in runs:
         row = {"seed": run["seed"], "gshf_gold": run["evaluations"]["gshf"]["gold"]}
         for kl in ("kl_k1", "kl_k3"):
             test, name = matched_kl_test(run, kl=kl), kl[3:]
+            envelope = matched_kl_test(run, kl=kl, envelope=True)
             row.update({f"gshf_kl_{name}": test.details["kl"],
                         f"curve_gold_{name}": test.details["curve_gold"],
                         f"difference_{name}": test.effect, f"z_{name}": test.details["z"],
-                        f"p_{name}": test.p_value, f"inside_{name}": test.details["inside"]})
+                        f"p_{name}": test.p_value, f"inside_{name}": test.details["inside"],
+                        f"difference_{name}_envelope": envelope.effect})
         rows.append(row)
     return pd.DataFrame(rows)
 
