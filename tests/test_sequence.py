@@ -338,6 +338,7 @@ def test_run_seed_is_deterministic_and_complete():
     sft = first["evaluations"]["sft"]
     assert sft["kl_k3"] == 0.0 and sft["kl_k1"] == 0.0 and sft["num_pairs"] == 16
     assert len(first["diagnostics"]["gshf_pairs_length_signs"]) == 2
+    assert len(first["diagnostics"]["gshf_gold_ranked_length_signs"]) == 2
 
 
 def test_run_seed_without_iterations_and_with_one_round():
@@ -346,6 +347,7 @@ def test_run_seed_without_iterations_and_with_one_round():
     run = mini.run_seed(toy_config(gshf_iterations=0, matched_steps=False), 1)
     assert len(run["gshf_trajectory"]) == 2
     assert run["diagnostics"]["gshf_pairs_length_signs"] == []
+    assert run["diagnostics"]["gshf_gold_ranked_length_signs"] == []
 
 
 def test_run_seeds_does_not_depend_on_the_number_of_workers():
@@ -410,7 +412,7 @@ def test_difference_test_matches_scipy():
                         metric="length")
 
 
-def fake_run(seed, gshf, offline, curve, trajectory=None, signs=None):
+def fake_run(seed, gshf, offline, curve, trajectory=None, signs=None, gold_signs=None):
     """A run with the structure of ``run_seed``'s, from (gold, gold_std, kl) triples."""
     def point(gold, std, kl, **more):
         return {**evaluation(gold, std, 400), "kl_k1": kl, "kl_k1_std": 2.0, "kl_k3": kl,
@@ -425,6 +427,7 @@ def fake_run(seed, gshf, offline, curve, trajectory=None, signs=None):
             "gshf_trajectory": trajectory or [evaluations["sft"], evaluations["gshf_start"],
                                               evaluations["gshf"]],
             "diagnostics": {"gshf_pairs_length_signs": signs or [[30, 10]],
+                            "gshf_gold_ranked_length_signs": gold_signs or [[20, 20]],
                             "gold_pairs_length_signs": [12, 8]}}
 
 
@@ -558,23 +561,30 @@ def test_every_seed_tests_against_scipy():
         mini.length_growth_in_every_seed([{**runs[0], "gshf_trajectory": [longer, longer]}])
 
 
-def test_proxy_length_sign_test_in_every_seed():
+def test_proxy_length_test_against_scipy_on_per_seed_differences():
     from scipy import stats as scipy_stats
 
     from gsfh_utils.lm import experiment as mini
 
     curve = [(1.0, (0.8, 1.2, 2.0)), (0.5, (1.0, 1.4, 4.0))]
-    runs = [fake_run(0, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve, signs=[[30, 10], [25, 20]]),
-            fake_run(1, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve, signs=[[5, 9]])]
-    result = mini.proxy_length_test(runs)  # seed 0: 55 of 85 longer; seed 1: 5 of 14
-    exact = [scipy_stats.binomtest(k, n, 0.5, alternative="greater").pvalue
-             for k, n in ((55, 85), (5, 14))]
-    assert result.p_value == pytest.approx(max(exact)) and result.effect == pytest.approx(5 / 14)
-    assert (result.details["proxy_pairs_longer"], result.details["proxy_pairs_unequal"]) == (60, 99)
-    assert (result.details["gold_pairs_longer"], result.details["gold_pairs_unequal"]) == (24, 40)
-    with pytest.raises(ValueError, match="every seed"):
-        mini.proxy_length_test([fake_run(0, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve,
-                                         signs=[[0, 0]])])
+    runs = [fake_run(0, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve, signs=[[30, 10], [25, 20]],
+                     gold_signs=[[20, 20], [10, 10]]),
+            fake_run(1, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve, signs=[[9, 5]],
+                     gold_signs=[[6, 8]])]
+    result = mini.proxy_length_test(runs)  # seed 0: 55/85 - 30/60; seed 1: 9/14 - 6/14
+    differences = [55 / 85 - 0.5, 9 / 14 - 6 / 14]
+    expected = scipy_stats.ttest_1samp(differences, 0.0, alternative="greater")
+    assert result.p_value == pytest.approx(expected.pvalue)
+    assert result.effect == pytest.approx(sum(differences) / 2)
+    assert result.details["per_seed_differences"] == pytest.approx(differences)
+    assert result.details["proxy_fraction_longer"] == pytest.approx(64 / 99)
+    assert result.details["gold_ranked_fraction_longer"] == pytest.approx(36 / 74)
+    assert result.details["gold_labelled_pairs_fraction_longer"] == pytest.approx(24 / 40)
+    with pytest.raises(ValueError, match="two seeds"):
+        mini.proxy_length_test(runs[:1])
+    with pytest.raises(ValueError, match="unequal length"):
+        mini.proxy_length_test([runs[0], fake_run(1, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve,
+                                                  gold_signs=[[0, 0]])])
 
 
 def test_evaluations_frame_and_summary_table():
@@ -625,6 +635,8 @@ def test_streams_are_distinct_and_a_method_knob_leaves_the_others_alone():
         changed["diagnostics"]["gshf_pairs_length_signs"]
     assert base["diagnostics"]["gold_pairs_length_signs"] == \
         changed["diagnostics"]["gold_pairs_length_signs"]
+    assert base["diagnostics"]["gshf_gold_ranked_length_signs"] == \
+        changed["diagnostics"]["gshf_gold_ranked_length_signs"]
 
 
 def test_the_concave_envelope_bounds_a_concave_curve_from_above():

@@ -129,7 +129,7 @@ def length_signs(pairs: sq.PreferencePairs) -> list[int]:
 #: Independent random streams of one seed: the setup (language, pi0, gold pairs, proxy), each
 #: method's training, and the evaluation. A knob of one method (``rso_pool``, the evaluation
 #: size ...) then leaves every other method's policies unchanged.
-STREAMS = ("setup", "offline_dpo", "rso", "multi_step_rs", "gshf", "evaluation")
+STREAMS = ("setup", "offline_dpo", "rso", "multi_step_rs", "gshf", "evaluation", "gold_ranking")
 
 
 def stream(seed: int, name: str) -> torch.Generator:
@@ -240,21 +240,25 @@ def run_seed(config: MiniatureConfig, seed: int) -> dict:
                        one_step_rate_estimate=one_step)
 
     # Iterative GSHF-DPO (hybrid start), best-of-n vs worst-of-n by the proxy.
-    gshf = stream(seed, "gshf")
+    gshf, ranking = stream(seed, "gshf"), stream(seed, "gold_ranking")
     data, policy = gold_pairs, at_eta[0]
     trajectory = [evaluations["sft"], evaluate(policy)]
-    chosen_longer = []
+    chosen_longer, gold_chosen_longer = [], []
     for _ in range(config.gshf_iterations):
         iteration_prompts = prompts(config.pairs_per_iteration, gshf)
         responses = sq.sample_grouped(policy, iteration_prompts, config.best_of_n, gshf)
         new_pairs = sq.best_worst_pairs(responses, iteration_prompts, proxy, gshf)
         chosen_longer.append(length_signs(new_pairs))
+        # The same candidates ranked by the gold reward (a diagnostic: not trained on).
+        gold_chosen_longer.append(length_signs(sq.best_worst_pairs(
+            responses, iteration_prompts, language.gold_reward, ranking)))
         data = data.concat(new_pairs)
         policy = dpo_rounds(data, config.eta, 1, gshf, start=policy)[-1]
         trajectory.append(evaluate(policy))
     evaluations["gshf"] = trajectory[-1]
     evaluations["gshf_start"] = trajectory[1]
     diagnostics["gshf_pairs_length_signs"] = chosen_longer
+    diagnostics["gshf_gold_ranked_length_signs"] = gold_chosen_longer
     return {"seed": seed, "config": asdict(config), "evaluations": evaluations,
             "frontier": frontier, "gshf_trajectory": trajectory, "diagnostics": diagnostics}
 
@@ -537,25 +541,32 @@ def win_rate_in_every_seed(runs: list[dict], method: str = "gshf") -> stats.Test
 
 
 def proxy_length_test(runs: list[dict]) -> stats.TestResult:
-    """In every seed (each has its own proxy), an exact sign test that the proxy's chosen
-    (best-of-n) response of GSHF's pairs is longer than the rejected one more often than not
-    (over its iterations; pairs of equal length left out), combined by ``stats.every``.
-    ``details`` holds the pooled fractions and the same counts on the gold-labelled pi0 pairs."""
-    per_seed = [torch.tensor(run["diagnostics"]["gshf_pairs_length_signs"],
-                             dtype=torch.long).reshape(-1, 2).sum(0) for run in runs]
-    if not per_seed or min(int(signs.sum()) for signs in per_seed) == 0:
-        raise ValueError("every seed must hold a GSHF pair of unequal length")
-    tests = [stats.binomial_test(int(signs[0]), int(signs.sum())) for signs in per_seed]
-    proxy = torch.stack(per_seed).sum(0)
-    gold = torch.tensor([run["diagnostics"]["gold_pairs_length_signs"] for run in runs],
-                        dtype=torch.long).reshape(-1, 2).sum(0)
-    result = stats.every(tests, "seeds")
-    details = {**result.details, "proxy_pairs_longer": int(proxy[0]),
-               "proxy_pairs_unequal": int(proxy.sum()), "gold_pairs_longer": int(gold[0]),
-               "gold_pairs_unequal": int(gold.sum())}
-    return stats.TestResult(result.test, result.p_value, result.effect,
-                            "smallest fraction of pairs whose chosen response is longer",
-                            result.num_samples, details)
+    """Does the proxy pick the longer response more often than the gold reward would, among the
+    same candidates? Per seed (each fits its own proxy), the fraction of GSHF's pairs of unequal
+    length whose chosen (best-of-n) response is the longer, by the proxy, minus the same
+    fraction when the same candidates are ranked by the gold reward; a one-sample t-test of the
+    per-seed differences (the seed is the unit). ``details`` holds the pooled fractions, the
+    per-seed differences and the fraction on the gold-labelled pi0 pairs."""
+    def counts(run, key):
+        return torch.tensor(run["diagnostics"][key], dtype=torch.long).reshape(-1, 2).sum(0)
+
+    keys = ("gshf_pairs_length_signs", "gshf_gold_ranked_length_signs")
+    per_seed = [[counts(run, key) for key in keys] for run in runs]
+    if len(runs) < 2 or min(int(c.sum()) for seed in per_seed for c in seed) == 0:
+        raise ValueError("runs must hold at least two seeds, each with a GSHF pair of unequal "
+                         "length under both rankings")
+    differences = [float(proxy[0] / proxy.sum() - gold[0] / gold.sum()) for proxy, gold in per_seed]
+    test = stats.mean_test(differences, 0.0, "greater")
+    pooled = [torch.stack([seed[i] for seed in per_seed]).sum(0) for i in range(2)]
+    labelled = torch.tensor([run["diagnostics"]["gold_pairs_length_signs"] for run in runs],
+                            dtype=torch.long).sum(0)
+    details = {**test.details, "per_seed_differences": differences,
+               "proxy_fraction_longer": float(pooled[0][0] / pooled[0].sum()),
+               "gold_ranked_fraction_longer": float(pooled[1][0] / pooled[1].sum()),
+               "gold_labelled_pairs_fraction_longer": float(labelled[0] / labelled.sum())}
+    return stats.TestResult("one-sample t-test of the per-seed differences", test.p_value,
+                            test.effect, "mean difference of the fractions chosen longer "
+                            "(proxy minus gold ranking)", len(runs), details)
 
 
 def matched_kl_frame(runs: list[dict]) -> pd.DataFrame:

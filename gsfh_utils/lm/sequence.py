@@ -20,7 +20,7 @@ Everything a CPU can train in seconds, with nothing downloaded:
   It cannot represent the gold mean, and being a *sum* it pays for length.
 - Samplers over responses: exact rejection sampling of ``pi exp(r/eta)`` from a proposal policy
   (``rejection_sample_sequences``, with the exact bound ``TokenReward.max_reward``), RSO's
-  finite-pool sampler and best-of-n / worst-of-n pairs (reusing ``gsfh_utils.samplers`` and
+  finite-pool sampler and best-of-n / worst-of-n pairs (reusing ``gsfh_utils.sampling`` and
   ``gsfh_utils.dpo.select_pairs``). The experiment that strings them together (offline DPO, RSO,
   multi-step rejection sampling, iterative GSHF-DPO) is ``gsfh_utils.lm.experiment.run_seed``.
 
@@ -574,7 +574,7 @@ def rejection_sample_sequences(proposal: SequencePolicy, prompts, reward, eta: f
 
 def rso_pairs(pool: torch.Tensor, prompts, reward, eta: float, generator) -> PreferencePairs:
     """RSO (Liu et al. 2023): from a pool ``[B, M, max_len]`` of pi0 responses per prompt, accept
-    two by ``gsfh_utils.samplers.rso_select`` on the reward at ``eta`` and label the pair by the
+    two by ``gsfh_utils.sampling.rso_select`` on the reward at ``eta`` and label the pair by the
     same reward (chosen = higher)."""
     rewards = reward(prompts.repeat_interleave(pool.shape[1]),
                      pool.reshape(-1, pool.shape[-1])).reshape(pool.shape[:2])
