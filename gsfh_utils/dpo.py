@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ._validation import check_generator, check_positive_int, check_positive_number, check_probs
 from .estimation import backtracking_step, fit_bt_mle
+from .sampling import rso_select, sample_categorical
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 #: Loss types the Newton trainer accepts (twice differentiable in the margin).
@@ -408,9 +409,7 @@ def iterative_dpo(bandit, offline, *, num_iterations: int, pairs_per_iteration: 
         contexts = bandit.sample_contexts(pairs_per_iteration, generator, batch_shape)
         rows = torch.gather(policy, -2, contexts.unsqueeze(-1).expand(
             *contexts.shape, bandit.num_actions))
-        responses = torch.multinomial(rows.reshape(-1, bandit.num_actions),
-                                      responses_per_prompt, replacement=True,
-                                      generator=generator).reshape(*contexts.shape, -1)
+        responses = sample_categorical(rows, responses_per_prompt, generator)
         score_rows = torch.gather(implicit, -2, contexts.unsqueeze(-1).expand(
             *contexts.shape, bandit.num_actions))
         scores = torch.gather(score_rows, -1, responses)
@@ -453,7 +452,7 @@ def rso_dpo(bandit, data, *, reg: float, num_pairs: int, pool_size: int,
 
     1. Reward model: the ridge BT MLE ``theta_rm`` on the human comparisons ``data``.
     2. For ``num_pairs`` prompts ``x ~ d0``: draw a pool of ``pool_size`` responses from pi0 and
-       keep two by RSO's finite-pool sampler (``samplers.rso_select``) targeting the Gibbs policy
+       keep two by RSO's finite-pool sampler (``sampling.rso_select``) targeting the Gibbs policy
        of the reward model at the bandit's ``eta``.
     3. Label each pair by the reward model's Bradley-Terry probability (RSO labels with its
        reward-ranking model; no new human comparison).
@@ -461,7 +460,6 @@ def rso_dpo(bandit, data, *, reg: float, num_pairs: int, pool_size: int,
 
     Returns the policy ``[..., X, K]``.
     """
-    from .sampling import rso_select
 
     features = _features(bandit, features)
     batch_shape = tuple(data.labels.shape[:-1])
@@ -470,8 +468,7 @@ def rso_dpo(bandit, data, *, reg: float, num_pairs: int, pool_size: int,
     contexts = bandit.sample_contexts(num_pairs, generator, batch_shape)
     rows = torch.gather(bandit.ref_probs.expand(*batch_shape, *bandit.ref_probs.shape), -2,
                         contexts.unsqueeze(-1).expand(*contexts.shape, bandit.num_actions))
-    pool = torch.multinomial(rows.reshape(-1, bandit.num_actions), pool_size, replacement=True,
-                             generator=generator).reshape(*contexts.shape, pool_size)
+    pool = sample_categorical(rows, pool_size, generator)
     reward_rows = torch.gather(model_rewards, -2, contexts.unsqueeze(-1).expand(
         *contexts.shape, bandit.num_actions))
     picked = rso_select(torch.gather(reward_rows, -1, pool), 2, bandit.eta, generator)
@@ -485,6 +482,22 @@ def rso_dpo(bandit, data, *, reg: float, num_pairs: int, pool_size: int,
     fit = train_dpo_linear(pair_feature_diffs(features, contexts=contexts, first=chosen,
                                               second=rejected), eta=bandit.eta, reg=reg, tol=tol)
     return linear_policy(bandit.ref_probs, features=features, w=fit.w)
+
+
+def leaning_instance(*, num_contexts: int, num_actions: int, dim: int, norm_bound: float,
+                     eta: float, generator: torch.Generator, lean: float = 0.5):
+    """The instance of notebook 04: a random ``LinearBTBandit`` whose reference policy leans
+    towards the worse responses, ``pi0 ∝ exp(-lean r* + noise)`` with standard normal noise per
+    (context, action), as an SFT model that often writes poor answers: pairs from ``pi0`` then
+    rarely compare the good responses."""
+    from .instance import LinearBTBandit
+
+    if not math.isfinite(lean):
+        raise ValueError(f"lean must be finite, got {lean!r}")
+    base = LinearBTBandit.random(num_contexts=num_contexts, num_actions=num_actions, dim=dim,
+                                 norm_bound=norm_bound, eta=eta, generator=generator)
+    noise = torch.randn(num_contexts, num_actions, dtype=torch.float64, generator=generator)
+    return base.with_reference(torch.softmax(-lean * base.rewards() + noise, -1))
 
 
 def gibbs_frontier_reward(bandit, kl_target, num_bisections: int = 100) -> torch.Tensor:

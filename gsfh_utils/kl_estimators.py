@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from ._validation import broadcast_pair, check_probs
+from .sampling import sample_categorical
 
 ESTIMATORS = ("k1", "k2", "k3")
 
@@ -99,8 +100,7 @@ def monte_carlo_means(p, q, num_draws: int, generator: torch.Generator):
     their distance to the exact means in standard errors (``kl_estimator_moments``): returns
     ``(means, standardised_errors)``, dicts of ``[...]`` tensors."""
     p, q = check_probs(p, "p"), check_probs(q, "q")
-    draws = torch.multinomial(p.reshape(-1, p.shape[-1]), num_draws, replacement=True,
-                              generator=generator).reshape(*p.shape[:-1], num_draws)
+    draws = sample_categorical(p, num_draws, generator)
     means = {k: v.mean(-1) for k, v in kl_estimates_from_samples(draws, p, q).items()}
     moments = kl_estimator_moments(p, q)
     errors = {k: (means[k] - moments[k][0]).abs()

@@ -5,6 +5,7 @@
   policy exactly; the acceptance rate is ``E_{pi0} exp((r - r_max)/eta) = Z_r(x) exp(-r_max/eta)``
   (``acceptance_rate``). ``r_max(x)`` is the largest reward on the support of pi0 (actions outside
   it are never proposed), which gives the largest valid acceptance rate.
+- ``sample_categorical``: independent draws from each row of a batch of distributions.
 - ``rso_sample`` / ``rso_select``: RSO's practical finite-pool sampler (Liu et al. 2023,
   arXiv:2309.06657, Appendix A.1, Algorithm 1), batched over rows (seeds, contexts).
 - ``multi_step_rejection_sample``: rejection sampling through a decreasing schedule
@@ -23,6 +24,17 @@ from .gibbs import checked_log_tilt, gibbs_policy
 
 #: Above this many expected proposals per context, exact one-step rejection is refused.
 MAX_EXPECTED_PROPOSALS = 10**8
+
+
+def sample_categorical(probs, num_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """``num_samples`` independent draws (with replacement) from each row of ``probs [..., K]``:
+    action indices of shape ``[..., num_samples]``."""
+    probs = check_probs(probs, "probs")
+    check_positive_int(num_samples, "num_samples")
+    check_generator(generator)
+    draws = torch.multinomial(probs.reshape(-1, probs.shape[-1]), num_samples, replacement=True,
+                              generator=generator)
+    return draws.reshape(*probs.shape[:-1], num_samples)
 
 
 def acceptance_rate(ref_probs, rewards, eta) -> torch.Tensor:

@@ -327,3 +327,23 @@ def test_policy_summary_and_dpo_mle_agreement():
     gap, bound = dpo.dpo_mle_agreement(bandit, data, reg=1.0)
     assert gap.shape == bound.shape == (3,)
     assert (gap <= bound).all() and (bound < 1e-6).all()
+
+
+def test_leaning_instance_is_the_random_bandit_with_a_leaning_reference():
+    """Against the construction by hand from the same stream; pi0 puts less mass on the better
+    responses (negative rank correlation with r* on average)."""
+    bandit = dpo.leaning_instance(num_contexts=6, num_actions=9, dim=4, norm_bound=3.0, eta=0.2,
+                              generator=torch.Generator().manual_seed(3), lean=2.0)
+    generator = torch.Generator().manual_seed(3)
+    base = gu.LinearBTBandit.random(num_contexts=6, num_actions=9, dim=4, norm_bound=3.0,
+                                    eta=0.2, generator=generator)
+    noise = torch.randn(6, 9, dtype=torch.float64, generator=generator)
+    logits = -2.0 * base.rewards() + noise
+    expected = torch.exp(logits - logits.logsumexp(-1, keepdim=True))
+    assert torch.allclose(bandit.ref_probs, expected, rtol=1e-12, atol=0)
+    assert torch.equal(bandit.features, base.features) and bandit.eta == 0.2
+    centred = bandit.rewards() - bandit.rewards().mean(-1, keepdim=True)
+    assert (centred * bandit.ref_probs.log()).sum() < 0
+    with pytest.raises(ValueError, match="lean"):
+        dpo.leaning_instance(num_contexts=2, num_actions=3, dim=2, norm_bound=1.0, eta=0.2,
+                         generator=torch.Generator(), lean=float("nan"))

@@ -149,7 +149,8 @@ def test_figure_writes_png_pdf_and_data_and_records_relative_paths(folder, figur
 
 def test_table_writes_csv_and_records_its_path(folder):
     nb = start()
-    nb.table("summary", pd.DataFrame({"method": ["a", "b"], "reward": [0.25, 0.5]}))
+    summary = pd.DataFrame({"method": ["a", "b"], "reward": [0.25, 0.5]})
+    assert nb.table("summary", summary) is summary
     assert results(folder)["tables"] == {"summary": f"results/{NAME}/summary.csv"}
     assert (folder / "results" / NAME / "summary.csv").read_text() == (
         "method,reward\na,0.25\nb,0.5\n")

@@ -354,3 +354,19 @@ def test_multi_step_bad_inputs():
         sampling.multi_step_rejection_sample(ref, rewards, [0.5, 1.0], 10, generator)
     with pytest.raises(ValueError, match="etas"):
         sampling.multi_step_rejection_sample(ref, rewards, [], 10, generator)
+
+
+def test_sample_categorical_is_multinomial_per_row_with_the_batch_shape():
+    probs = torch.softmax(torch.randn(3, 2, 5, dtype=torch.float64,
+                                      generator=torch.Generator().manual_seed(0)), -1)
+    draws = sampling.sample_categorical(probs, 7, torch.Generator().manual_seed(1))
+    direct = torch.multinomial(probs.reshape(6, 5), 7, replacement=True,
+                               generator=torch.Generator().manual_seed(1)).reshape(3, 2, 7)
+    assert draws.shape == (3, 2, 7) and torch.equal(draws, direct)
+    one_hot = torch.zeros(4, dtype=torch.float64)
+    one_hot[2] = 1.0
+    assert torch.all(sampling.sample_categorical(one_hot, 9, torch.Generator()) == 2)
+    with pytest.raises(ValueError, match="num_samples"):
+        sampling.sample_categorical(probs, 0, torch.Generator())
+    with pytest.raises(ValueError, match="probs"):
+        sampling.sample_categorical(-probs, 3, torch.Generator())

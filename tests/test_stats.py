@@ -298,3 +298,20 @@ def test_worst_ratio_and_summary():
     assert text.startswith("exact binomial test against 0.5: observed proportion 0.75")
     assert "p = " in text and "40 samples" in text
     assert stats.TestResult("t", 1e-9, 0.5, "e", 3).summary().endswith("p < 1e-06")
+
+
+@pytest.mark.parametrize(("interval", "expected"), [
+    ((-1.2, -0.8), True), ((-1.25, -0.75), True), ((-1.26, -0.9), False), ((-1.1, -0.7), False),
+    ((float("nan"), -0.9), False)])
+def test_within_margin(interval, expected):
+    assert stats.within_margin(interval, -1.0, 0.25) is expected
+
+
+def test_slope_summary_reads_the_slope_test():
+    sizes = torch.tensor([100.0, 1000.0, 10000.0]).repeat_interleave(4)
+    noise = torch.tensor([1.0, 1.1, 0.9, 1.05] * 3, dtype=F64)
+    fit = stats.slope_test(sizes, noise / sizes, -1.0, "two-sided")
+    row = stats.slope_summary(fit, -1.0, 0.25)
+    low, high = fit.details["interval"]
+    assert row == {"fitted slope": round(fit.effect, 3), "99% interval": f"[{low:.3f}, {high:.3f}]",
+                   "inside -1 ± 0.25": stats.within_margin((low, high), -1.0, 0.25)}

@@ -24,6 +24,8 @@ import math
 import operator
 from dataclasses import dataclass, field
 
+from .stats import within_margin
+
 KINDS = ("theorem", "finding", "identity")
 COMPARISONS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 SYMBOLS = {"<=": "≤", "<": "<", ">=": "≥", ">": ">", "~": "≈"}
@@ -162,8 +164,7 @@ class ClaimRegistry:
             if not margin > 0:
                 raise ValueError(f"margin must be positive, got {margin!r}")
             fields["interval"], fields["margin"] = [low, high], margin
-            default = (not math.isnan(measured)
-                       and theory - margin <= low <= high <= theory + margin)
+            default = not math.isnan(measured) and within_margin((low, high), theory, margin)
         else:
             self._check_comparison(comparison)
             default = not math.isnan(measured) and COMPARISONS[comparison](measured, theory)

@@ -90,10 +90,12 @@ class Notebook:
         self.figures[name] = entry
         self.write()
 
-    def table(self, name: str, data) -> None:
-        """Keep a table of results (no figure) as ``results/<notebook>/<name>.csv``."""
+    def table(self, name: str, data):
+        """Keep a table of results (no figure) as ``results/<notebook>/<name>.csv``; returns
+        ``data``, so that a cell can end with it and show it."""
         self.tables[name] = self._relative(write_table(self.paths["data"] / f"{name}.csv", data))
         self.write()
+        return data
 
     def to_dict(self) -> dict:
         params = vars(self.params)

@@ -157,6 +157,10 @@ class TestResult:
         return (f"{self.test}: {self.effect_name} {self.effect:.3g} "
                 f"({self.num_samples} samples), p {'= ' if self.p_value >= 1e-6 else ''}{p_text}")
 
+    def as_row(self) -> dict:
+        """``{effect_name: effect, "p": p_value}``: the test as columns of a results table."""
+        return {self.effect_name: self.effect, "p": self.p_value}
+
 
 def _alternative(alternative: str) -> str:
     if alternative not in ALTERNATIVES:
@@ -297,6 +301,22 @@ def slope_test(sizes, values, null_slope: float, alternative: str = "less",
         p_value = float(2 * scipy_stats.t.sf(abs(statistic), dof))
     return TestResult(f"t-test of the log-log slope against {null_slope:g}", p_value, slope,
                       "fitted slope", dof + 2, {"interval": [lower, upper], "level": level})
+
+
+def within_margin(interval, theory: float, margin: float) -> bool:
+    """The equivalence rule: the whole ``interval (low, high)`` lies in ``[theory - margin,
+    theory + margin]`` (False for a NaN bound)."""
+    low, high = (float(v) for v in interval)
+    return theory - margin <= low <= high <= theory + margin
+
+
+def slope_summary(fit: TestResult, theory: float, margin: float) -> dict:
+    """One table row for a ``slope_test`` result: the fitted slope, its interval (3 decimals) and
+    whether the interval lies within ``theory +- margin`` (``within_margin``)."""
+    low, high = fit.details["interval"]
+    return {"fitted slope": round(fit.effect, 3), f"{fit.details['level']:.0%} interval":
+            f"[{low:.3f}, {high:.3f}]", f"inside {theory:g} ± {margin:g}":
+            within_margin((low, high), theory, margin)}
 
 
 def every(results: list[TestResult], what: str) -> TestResult:
