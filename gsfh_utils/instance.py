@@ -20,6 +20,7 @@ import torch
 
 from ._validation import check_eta, check_positive_int, check_positive_number, check_probs
 from .gibbs import gibbs_policy, kl_divergence, log_partition, regularized_value
+from .sampling import sample_categorical
 
 #: Families of reference policies ``pi0`` (see ``reference_policy``).
 REFERENCE_FAMILIES = ("softmax", "zipf", "uniform")
@@ -258,9 +259,7 @@ class LinearBTBandit:
         rows = torch.gather(
             policy, -2, contexts.unsqueeze(-1).expand(*contexts.shape, self.num_actions)
         )
-        draws = torch.multinomial(rows.reshape(-1, self.num_actions), 1, replacement=True,
-                                  generator=generator)
-        return draws.reshape(contexts.shape)
+        return sample_categorical(rows, 1, generator).squeeze(-1)
 
 
 def random_policies(ref_probs: torch.Tensor, num_policies: int, generator: torch.Generator,

@@ -173,7 +173,7 @@ def rso_sample(ref_probs, rewards, eta, num_samples: int, pool_size: int,
     shape = torch.broadcast_shapes(ref_probs.shape, rewards.shape)
     ref_rows = ref_probs.expand(shape).reshape(-1, shape[-1])
     reward_rows = rewards.expand(shape).reshape(-1, shape[-1])
-    pool = torch.multinomial(ref_rows, pool_size, replacement=True, generator=generator)
+    pool = sample_categorical(ref_rows, pool_size, generator)
     picked = rso_select(reward_rows.gather(-1, pool), num_samples, eta, generator)
     return pool.gather(-1, picked).reshape(*shape[:-1], num_samples)
 

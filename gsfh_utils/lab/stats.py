@@ -15,6 +15,7 @@ import torch
 from scipy import stats as scipy_stats
 
 from .._validation import check_probs
+from ..gibbs import total_variation
 
 #: Pearson's chi-square approximation is trusted only for bins expected to hold >= 5 draws;
 #: smaller bins are pooled into one.
@@ -37,8 +38,7 @@ def empirical_total_variation(samples: torch.Tensor, probs: torch.Tensor) -> tor
     probs = check_probs(probs, "probs")
     if samples.ndim == 0 or samples.shape[-1] == 0:
         raise ValueError("samples must hold at least one draw in the last dimension")
-    law = empirical_counts(samples, probs.shape[-1]) / samples.shape[-1]
-    return 0.5 * (law - probs).abs().sum(-1)
+    return total_variation(empirical_counts(samples, probs.shape[-1]) / samples.shape[-1], probs)
 
 
 def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
