@@ -18,6 +18,13 @@ The paper's mathematics, one module per idea:
 - ``dpo``: the DPO loss and its variants, DPO trainers, pair selectors, iterative DPO, RSO.
 - ``kl_estimators``: the k1, k2, k3 estimators of KL with their exact moments.
 
+Beyond the paper:
+
+- ``policy_optimization``: the Gibbs oracle as practitioners run it, KL-regularised policy
+  optimisation over a tabular or log-linear policy class on a set of prompts.
+- ``out_of_preference``: continuous-context bandits and the routes from preferences to a policy
+  (DPO, reward-model policy optimisation with and without preference-free prompts).
+
 Two subpackages:
 
 - ``gsfh_utils.lm``: the paper's language-model experiment in miniature (``sequence``: the

@@ -505,3 +505,41 @@ def length_iterations_figure(frame):
         ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 06 · Policy-optimisation oracles and out-of-preference prompts.
+# --------------------------------------------------------------------------------------------
+
+
+def routes_vs_n_figure(frame, floors):
+    """Suboptimality against the number of preference pairs, one panel per ``eta``, one curve per
+    ``route`` (``frame``: columns ``eta``, ``n``, ``seed``, ``route``, ``suboptimality``); the
+    class's best policy (``floors``: ``{eta: median}``) dotted."""
+    etas = list(dict.fromkeys(frame["eta"]))
+    fig, axes = plt.subplots(1, len(etas), figsize=(11, 4.2), squeeze=False)
+    for ax, eta in zip(axes[0], etas, strict=True):
+        part = frame[frame["eta"] == eta]
+        for index, (route, curve) in enumerate(part.groupby("route", sort=False)):
+            _quantile_curve(ax, curve, "n", "suboptimality", route, color=f"C{index}")
+        ax.axhline(floors[eta], color="gray", ls=":", label="best policy in the class")
+        ax.set(xscale="log", ylim=(0, None), xlabel="n (preference pairs)",
+               title=rf"$\eta = {eta:g}$")
+    axes[0][0].set_ylabel(r"$\eta\,\mathbb{E}_x KL(\hat\pi \| \pi^*)$ (median, IQR)")
+    axes[0][-1].legend(fontsize=7)
+    return fig
+
+
+def extra_prompts_figure(frame, *, n: int, eta: float, dpo_excess: float):
+    """The relative change in suboptimality that ``m`` extra preference-free prompts bring to
+    reward-model policy optimisation, per seed (``frame``: columns ``extra_prompts``, ``seed``,
+    ``relative_change``); DPO's median relative excess over RM-PO dashed, for scale."""
+    fig, ax = plt.subplots()
+    _quantile_curve(ax, frame, "extra_prompts", "relative_change", "RM-PO+ with m extra prompts")
+    ax.axhline(0.0, color="gray", lw=0.8, label="RM-PO (preference prompts only)")
+    ax.axhline(dpo_excess, color="C3", ls="--", label="DPO")
+    ax.set(xscale="log", xlabel="extra preference-free prompts m",
+           ylabel="suboptimality / RM-PO's - 1 (median, IQR)",
+           title=rf"$n = {n}$ preference pairs, $\eta = {eta:g}$")
+    ax.legend(fontsize=8)
+    return fig

@@ -273,6 +273,20 @@ def mean_test(values, null: float = 0.0, alternative: str = "greater") -> TestRe
                       {"standard_error": (values.std() / values.numel() ** 0.5).item()})
 
 
+def equivalence_test(values, margin: float) -> TestResult:
+    """Two one-sided t-tests (TOST) that the mean of independent ``values`` lies within
+    ``(-margin, margin)``: it rejects "the mean is at least ``margin`` away from 0" when both
+    one-sided tests do, so its p-value is the larger one. Effect: the sample mean."""
+    margin = float(margin)
+    if not margin > 0:
+        raise ValueError(f"margin must be positive, got {margin!r}")
+    above = mean_test(values, null=-margin, alternative="greater")
+    below = mean_test(values, null=margin, alternative="less")
+    return TestResult("two one-sided t-tests (equivalence)", max(above.p_value, below.p_value),
+                      above.effect, "mean", above.num_samples,
+                      {"margin": margin, **above.details})
+
+
 def welch_test(first, second, alternative: str = "greater") -> TestResult:
     """Welch's two-sample t-test of equal means of independent samples. Effect: the difference
     of the sample means ``mean(first) - mean(second)``."""

@@ -1,0 +1,179 @@
+"""Tests of gsfh_utils.policy_optimization: the KL-regularised policy-optimisation oracle in the
+tabular and log-linear classes, against the Gibbs policy (closed form), autograd of an
+independently written objective, and brute-force searches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import log_uniform
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.autograd.functional import hessian, jacobian
+
+from gsfh_utils import policy_optimization as po
+from gsfh_utils.gibbs import gibbs_policy, log_partition
+
+
+def _problem(seed, *, batch=3, prompts=6, actions=5, dim=3, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+
+    def normal(*shape):
+        return torch.randn(*shape, dtype=torch.float64, generator=g)
+
+    ref = torch.softmax(normal(batch, prompts, actions), -1)
+    return normal(batch, prompts, actions, dim), ref, scale * normal(batch, prompts, actions), g
+
+
+def _objective(w, psi, ref, rewards, eta, weights=None):
+    """F(w) written from its definition, independently of the module's flattened version."""
+    logits = torch.log(ref) + (psi * w[..., None, None, :]).sum(-1)
+    policy = torch.softmax(logits, -1)
+    kl = (policy * (torch.log_softmax(logits, -1) - torch.log(ref))).sum(-1)
+    per_prompt = (policy * rewards).sum(-1) - eta * kl
+    weights = torch.full(per_prompt.shape, 1 / per_prompt.shape[-1], dtype=torch.float64) \
+        if weights is None else weights / weights.sum(-1, keepdim=True)
+    return (weights * per_prompt).sum(-1)
+
+
+@pytest.mark.parametrize("eta", [0.05, 0.5, 5.0])
+def test_log_linear_oracle_returns_the_gibbs_policy_when_the_class_contains_it(eta):
+    psi, ref, _, g = _problem(0)
+    w_star = torch.randn(3, 3, dtype=torch.float64, generator=g)
+    offsets = torch.randn(3, 6, 1, dtype=torch.float64, generator=g)  # c(x): no effect
+    rewards = eta * (psi * w_star[:, None, None]).sum(-1) + offsets
+    fit = po.optimize_policy(rewards, ref_probs=ref, eta=eta, policy_features=psi)
+    assert torch.allclose(fit.w, w_star, atol=1e-7)
+    assert torch.allclose(fit.policy, gibbs_policy(ref, rewards, eta), atol=1e-9)
+    # The optimum of F is eta sum_x q(x) log Z_r(x) (gap identity with KL = 0).
+    expected = eta * log_partition(ref, rewards, eta).mean(-1)
+    assert torch.allclose(fit.objective, expected, atol=1e-9)
+
+
+def test_tabular_oracle_is_gibbs_on_weighted_prompts_and_pi0_elsewhere():
+    _, ref, rewards, _ = _problem(1)
+    weights = torch.tensor([[1.0, 0, 2, 0, 1, 1]] * 3, dtype=torch.float64)
+    fit = po.optimize_policy(rewards, ref_probs=ref, eta=0.3, policy_class="tabular",
+                             context_weights=weights)
+    gibbs = gibbs_policy(ref, rewards, 0.3)
+    prompted = weights > 0
+    assert torch.allclose(fit.policy[prompted], gibbs[prompted], atol=1e-15)
+    assert torch.equal(fit.policy[~prompted], ref[~prompted])
+    assert torch.allclose(fit.w[~prompted], torch.zeros_like(fit.w[~prompted]))
+    q = weights / weights.sum(-1, keepdim=True)
+    assert torch.allclose(fit.objective, 0.3 * (q * log_partition(ref, rewards, 0.3)).sum(-1))
+
+
+def test_derivatives_match_autograd_of_the_objective_written_out():
+    psi, ref, rewards, g = _problem(2, scale=2.0)
+    weights = torch.rand(3, 6, dtype=torch.float64, generator=g)
+    w = torch.randn(3, 3, dtype=torch.float64, generator=g)
+    value, gradient, hess = po.objective_derivatives(w, rewards=rewards, ref_probs=ref, eta=0.4,
+                                                     policy_features=psi,
+                                                     context_weights=weights)
+    for i in range(3):
+        def f(v, i=i):
+            return _objective(v, psi[i], ref[i], rewards[i], 0.4, weights[i])
+        assert value[i].item() == pytest.approx(f(w[i]).item(), abs=1e-14)
+        assert torch.allclose(gradient[i], jacobian(f, w[i]), atol=1e-13)
+        assert torch.allclose(hess[i], hessian(f, w[i]), atol=1e-12)
+
+
+def test_gradient_matches_central_finite_differences():
+    psi, ref, rewards, g = _problem(3)
+    w = torch.randn(3, 3, dtype=torch.float64, generator=g)
+    _, gradient, _ = po.objective_derivatives(w, rewards=rewards, ref_probs=ref, eta=1.3,
+                                              policy_features=psi)
+    step = 1e-6
+    for j in range(3):
+        e = torch.zeros(3, dtype=torch.float64)
+        e[j] = step
+        difference = (_objective(w + e, psi, ref, rewards, 1.3) -
+                      _objective(w - e, psi, ref, rewards, 1.3)) / (2 * step)
+        assert torch.allclose(gradient[:, j], difference, atol=1e-8)
+
+
+@pytest.mark.parametrize("eta", [0.3, 1.0, 3.0])
+def test_misspecified_oracle_beats_a_brute_force_grid(eta):
+    # One-parameter class: the grid resolves the maximiser of F(w) over [-6, 6].
+    psi, ref, rewards, _ = _problem(4, dim=1, scale=1.5)
+    fit = po.optimize_policy(rewards, ref_probs=ref, eta=eta, policy_features=psi)
+    grid = torch.linspace(-6, 6, 24001, dtype=torch.float64)
+    values = torch.stack([_objective(grid[:, None], psi[i:i + 1].expand(len(grid), -1, -1, -1),
+                                     ref[i], rewards[i], eta) for i in range(3)])
+    assert (fit.w.abs() < 6).all()
+    assert (fit.objective >= values.max(-1).values - 1e-9).all()
+    assert torch.allclose(fit.w[:, 0], grid[values.argmax(-1)], atol=1e-3)
+
+
+def test_restarts_find_no_better_stationary_point_on_a_moderate_problem():
+    psi, ref, rewards, g = _problem(5, batch=4, prompts=20, dim=3)
+    fit = po.optimize_policy(rewards, ref_probs=ref, eta=1.0, policy_features=psi)
+    for _ in range(5):
+        start = 3 * torch.randn(4, 3, dtype=torch.float64, generator=g)
+        other = po.optimize_policy(rewards, ref_probs=ref, eta=1.0, policy_features=psi,
+                                   initial_w=start)
+        assert (other.objective <= fit.objective + 1e-10).all()
+
+
+@settings(max_examples=25)
+@given(seed=st.integers(0, 10_000), eta=log_uniform(0.1, 100.0),
+       scale=st.floats(0.0, 3.0))
+def test_oracle_is_stationary_and_beats_pi0_and_is_beaten_by_the_tabular_class(seed, eta, scale):
+    psi, ref, rewards, _ = _problem(seed, scale=scale)
+    fit = po.optimize_policy(rewards, ref_probs=ref, eta=eta, policy_features=psi)
+    assert (fit.grad_norm <= po.PO_TOLERANCE).all()
+    at_pi0 = po.policy_objective(ref, rewards=rewards, ref_probs=ref, eta=eta)
+    assert (fit.objective >= at_pi0 - 1e-12).all()
+    tabular = po.optimize_policy(rewards, ref_probs=ref, eta=eta, policy_class="tabular")
+    assert (tabular.objective >= fit.objective - 1e-12).all()
+    assert torch.allclose(po.policy_objective(fit.policy, rewards=rewards, ref_probs=ref,
+                                              eta=eta), fit.objective, atol=1e-12)
+
+
+def test_actions_outside_the_support_of_pi0_keep_probability_zero():
+    psi, ref, rewards, _ = _problem(6)
+    ref = ref.clone()
+    ref[..., 0] = 0
+    ref = ref / ref.sum(-1, keepdim=True)
+    fit = po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=psi)
+    assert (fit.policy[..., 0] == 0).all()
+    assert torch.isfinite(fit.objective).all()
+
+
+def test_log_linear_policy_broadcasts_w_over_prompts():
+    psi, ref, _, g = _problem(7)
+    w = torch.randn(3, 3, dtype=torch.float64, generator=g)
+    policy = po.log_linear_policy(ref, policy_features=psi, w=w)
+    expected = torch.softmax(torch.log(ref) + torch.einsum("bxkd,bd->bxk", psi, w), -1)
+    assert torch.allclose(policy, expected, atol=1e-15)
+
+
+def test_too_few_steps_raise_runtime_error():
+    psi, ref, rewards, _ = _problem(8, scale=3.0)
+    with pytest.raises(RuntimeError, match="did not converge"):
+        po.optimize_policy(rewards, ref_probs=ref, eta=0.1, policy_features=psi, max_iter=1)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(policy_class="neural"), "policy_class"),
+    (dict(policy_features=None), "policy_features"),
+    (dict(policy_class="tabular"), "policy_features"),
+    (dict(eta=0.0), "eta"),
+    (dict(eta="big"), "eta"),
+    (dict(tol=0.0), "tol"),
+    (dict(context_weights=-torch.ones(6)), "context_weights"),
+    (dict(context_weights=torch.zeros(6)), "context_weights"),
+    (dict(context_weights=torch.ones(4)), "context_weights"),
+    (dict(initial_w=torch.zeros(2)), "initial_w"),
+    (dict(policy_features=torch.ones(3, 6, 4)), "policy_features"),
+    (dict(policy_features=torch.full((3, 6, 5, 2), float("nan"))), "policy_features"),
+    (dict(ref_probs=torch.ones(3, 6, 5)), "ref_probs"),
+    (dict(rewards=torch.ones(5)), "rewards"),
+])
+def test_bad_inputs_raise_value_errors_naming_the_argument(change, match):
+    psi, ref, rewards, _ = _problem(9)
+    arguments = dict(rewards=rewards, ref_probs=ref, eta=0.5, policy_features=psi)
+    arguments.update(change)
+    with pytest.raises(ValueError, match=match):
+        po.optimize_policy(arguments.pop("rewards"), **arguments)
