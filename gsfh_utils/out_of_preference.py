@@ -261,3 +261,35 @@ def in_class_optimum(bandit: ContinuousBandit, *, policy_dim: int,
     fit = optimize_policy(bandit.rewards(evaluation), ref_probs=ref, eta=bandit.eta,
                           policy_features=psi)
     return bandit.suboptimality(fit.policy, evaluation)
+
+
+def tabular_coincidence(bandit, data, *, reg: float):
+    """DPO in the tabular class against the oracle applied to the tabular BT MLE on the
+    preference prompts (``bandit``: a finite ``LinearBTBandit``; ``data``: its ``Preferences``,
+    batched over seeds). Returns ``(gap, bound)``, each ``[S]``: the largest
+    ``|log pi_DPO - log pi_oracle|`` over prompts and actions, and what the solvers' tolerances
+    allow, as in ``dpo.dpo_mle_agreement``: both objectives are ``reg``-strongly convex in the
+    logits times ``eta``, so the two are within ``(g_DPO + g_MLE) / reg`` there, which moves a
+    log-probability by at most twice that over ``eta``; plus float64 round-off."""
+    from .dpo import chosen_rejected, one_hot_features, pair_feature_diffs, train_dpo_tabular
+    from .estimation import bt_gradient
+    from .lab.stats import roundoff_tolerance
+
+    chosen, rejected = chosen_rejected(first=data.first_actions, second=data.second_actions,
+                                       labels=data.labels)
+    dpo_policy, fit = train_dpo_tabular(bandit.ref_probs, contexts=data.contexts, chosen=chosen,
+                                        rejected=rejected, eta=bandit.eta, reg=reg)
+    one_hot = one_hot_features(bandit.num_contexts, bandit.num_actions)
+    z = pair_feature_diffs(one_hot, contexts=data.contexts, first=chosen, second=rejected)
+    labels = torch.ones(z.shape[:-1], dtype=torch.float64)
+    theta = fit_bt_mle(z, labels, reg)
+    prompt_counts = torch.nn.functional.one_hot(data.contexts, bandit.num_contexts).sum(-2)
+    oracle = optimize_policy(theta.reshape(*theta.shape[:-1], bandit.num_contexts,
+                                           bandit.num_actions),
+                             ref_probs=bandit.ref_probs, eta=bandit.eta, policy_class="tabular",
+                             context_weights=prompt_counts)
+    log_gap = (torch.log(dpo_policy) - torch.log(oracle.policy)).abs().amax((-1, -2))
+    gradients = fit.grad_norm + bt_gradient(theta, z, labels, reg).norm(dim=-1)
+    magnitude = torch.log(oracle.policy).abs().amax((-1, -2)) + 1
+    return log_gap, (2 * gradients / (reg * bandit.eta) +
+                     roundoff_tolerance(bandit.num_actions, magnitude))

@@ -162,3 +162,16 @@ def test_routes_do_not_depend_on_the_chunk_of_seeds(monkeypatch):
     # problem converges, so converged problems may take one more (tiny) step in a larger chunk.
     for name, values in whole.suboptimality.items():
         assert torch.allclose(values, chunked.suboptimality[name], atol=1e-8, rtol=0)
+
+
+def test_tabular_dpo_is_the_oracle_of_its_reward_model_on_the_preference_prompts():
+    from gsfh_utils import LinearBTBandit
+
+    g = torch.Generator().manual_seed(8)
+    finite = LinearBTBandit.random(num_contexts=4, num_actions=5, dim=3, norm_bound=2.0,
+                                   eta=0.4, generator=g)
+    data = finite.sample_preferences(6, finite.ref_probs, finite.ref_probs, g, (3,))
+    gap, bound = oop.tabular_coincidence(finite, data, reg=1.0)
+    assert (gap <= bound).all() and (bound < 1e-7).all()
+    # With 6 pairs over 4 prompts some prompt may be unseen: both keep pi0 there, so the check
+    # covers the "preference prompts only" clause of the coincidence.
