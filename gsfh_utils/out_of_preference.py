@@ -236,8 +236,8 @@ def _routes(bandit, contexts, pairs, evaluation, *, num_pairs, extra_prompts, po
     psi_pairs = _pair_diffs(features[..., :policy_dim], chosen, rejected)
     w_dpo = train_dpo_linear(psi_pairs, eta=eta, reg=reg).w
     labels = torch.ones(psi_pairs.shape[:-1], dtype=torch.float64)  # chosen first
-    # The coincidence check at the tight default tolerance (one or two Newton steps: the
-    # class contains the Gibbs policy of this reward model).
+    # The coincidence check at the tight default tolerance (a few steps: the class contains
+    # the Gibbs policy of this reward model).
     w_psi = policy_optimisation(fit_bt_mle(psi_pairs, labels, reg), features, policy_dim,
                                 tol=PO_TOLERANCE)
     gap = (log_linear_policy(ref_eval, policy_features=psi_eval, w=w_dpo) -

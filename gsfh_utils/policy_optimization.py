@@ -28,14 +28,14 @@ class contains ``pi_r`` on the prompts (``r(x, a) = eta <w*, psi(x, a)> + c(x)``
 **Method.** With ``c = psi - E_{pi_w} psi`` and the residual ``u = r - eta <w, psi>``, ``grad F(w)
 = sum_x q(x) E_{pi_w}[c u]`` and the Hessian is ``-eta G(w) + sum_x q(x) E_{pi_w}[c c^T (u -
 E_{pi_w} u)]``, where ``G(w) = sum_x q(x) Cov_{pi_w}(psi)`` is the Fisher matrix. The second term
-vanishes when the class is well specified (``u`` constant per prompt). Each step is Newton's where
-``-Hessian`` is positive definite and otherwise Fisher scoring (the natural-gradient step ``G^{-1}
-grad F / eta``, a regression of the residual reward on the features under the current policy); in a
-well-specified class one step from any start reaches the optimum. Armijo backtracking on ``F``
-makes every step an ascent; the iteration stops when ``||grad F|| <= tol`` (reward units) for every
-problem of the batch. ``F`` is not concave in ``w`` in general (a reverse-KL projection onto an
-exponential family), so what is guaranteed is a stationary point; the unit tests compare it with a
-brute-force search over small classes.
+vanishes at the optimum of a well-specified class (``u`` constant per prompt there). Each step is
+Newton's where ``-Hessian`` is positive definite and otherwise Fisher scoring (the natural-gradient
+step ``G^{-1} grad F / eta``, a regression of the residual reward on the features under the current
+policy); in a well-specified class one such Fisher step from any start reaches the optimum. Armijo
+backtracking on ``F`` makes every step an ascent; the iteration stops when ``||grad F|| <= tol``
+(reward units) for every problem of the batch. ``F`` is not concave in ``w`` in general (a
+reverse-KL projection onto an exponential family), so what is guaranteed is a stationary point; the
+unit tests compare it with a brute-force search over small classes.
 """
 
 from __future__ import annotations

@@ -158,8 +158,9 @@ def test_routes_do_not_depend_on_the_chunk_of_seeds(monkeypatch):
     whole = oop.compare_routes(bandit, generator=torch.Generator().manual_seed(2), **arguments)
     monkeypatch.setattr(oop, "CHUNK_BYTES", 1)  # one seed per chunk
     chunked = oop.compare_routes(bandit, generator=torch.Generator().manual_seed(2), **arguments)
-    # Equal up to the solvers' tolerance: a batch's Newton iterations run until its slowest
-    # problem converges, so converged problems may take one more (tiny) step in a larger chunk.
+    # Equal up to the solvers' tolerance: the MLE and DPO trainers iterate until the slowest
+    # problem of their batch converges, so a converged problem may take one more (tiny) step
+    # in a larger chunk.
     for name, values in whole.suboptimality.items():
         assert torch.allclose(values, chunked.suboptimality[name], atol=1e-8, rtol=0)
 
@@ -173,5 +174,3 @@ def test_tabular_dpo_is_the_oracle_of_its_reward_model_on_the_preference_prompts
     data = finite.sample_preferences(6, finite.ref_probs, finite.ref_probs, g, (3,))
     gap, bound = oop.tabular_coincidence(finite, data, reg=1.0)
     assert (gap <= bound).all() and (bound < 1e-7).all()
-    # With 6 pairs over 4 prompts some prompt may be unseen: both keep pi0 there, so the check
-    # covers the "preference prompts only" clause of the coincidence.

@@ -521,7 +521,9 @@ def routes_vs_n_figure(frame, floors):
     for ax, eta in zip(axes[0], etas, strict=True):
         part = frame[frame["eta"] == eta]
         for index, (route, curve) in enumerate(part.groupby("route", sort=False)):
-            _quantile_curve(ax, curve, "n", "suboptimality", route, color=f"C{index}")
+            label = route.replace("rm_po+", "RM-PO+ with m = ").replace("rm_po", "RM-PO")
+            _quantile_curve(ax, curve, "n", "suboptimality", label.replace("dpo", "DPO"),
+                            color=f"C{index}")
         ax.axhline(floors[eta], color="gray", ls=":", label="best policy in the class")
         ax.set(xscale="log", ylim=(0, None), xlabel="n (preference pairs)",
                title=rf"$\eta = {eta:g}$")
@@ -530,16 +532,18 @@ def routes_vs_n_figure(frame, floors):
     return fig
 
 
-def extra_prompts_figure(frame, *, n: int, eta: float, dpo_excess: float):
-    """The relative change in suboptimality that ``m`` extra preference-free prompts bring to
-    reward-model policy optimisation, per seed (``frame``: columns ``extra_prompts``, ``seed``,
-    ``relative_change``); DPO's median relative excess over RM-PO dashed, for scale."""
+def extra_prompts_figure(frame, *, n: int, eta: float, dpo_excess: float, margin: float):
+    """The change in suboptimality that ``m`` extra preference-free prompts bring to reward-model
+    policy optimisation, per seed, relative to RM-PO's mean (``frame``: columns
+    ``extra_prompts``, ``seed``, ``relative_change``); the equivalence margin shaded and DPO's
+    median relative excess over RM-PO dashed, for scale."""
     fig, ax = plt.subplots()
     _quantile_curve(ax, frame, "extra_prompts", "relative_change", "RM-PO+ with m extra prompts")
     ax.axhline(0.0, color="gray", lw=0.8, label="RM-PO (preference prompts only)")
-    ax.axhline(dpo_excess, color="C3", ls="--", label="DPO")
+    ax.axhspan(-margin, margin, color="gray", alpha=0.1, label=f"equivalence margin ±{margin:.0%}")
+    ax.axhline(dpo_excess, color="C3", ls="--", label="DPO (median)")
     ax.set(xscale="log", xlabel="extra preference-free prompts m",
-           ylabel="suboptimality / RM-PO's - 1 (median, IQR)",
+           ylabel="change / RM-PO's mean suboptimality (median, IQR)",
            title=rf"$n = {n}$ preference pairs, $\eta = {eta:g}$")
     ax.legend(fontsize=8)
     return fig
