@@ -545,5 +545,5 @@ def extra_prompts_figure(frame, *, n: int, eta: float, dpo_excess: float, margin
     ax.set(xscale="log", xlabel="extra preference-free prompts m",
            ylabel="change / RM-PO's mean suboptimality (median, IQR)",
            title=rf"$n = {n}$ preference pairs, $\eta = {eta:g}$")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return fig
