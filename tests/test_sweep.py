@@ -1,0 +1,255 @@
+"""The sweep engine on a real ``LocalCluster`` (2 single-threaded worker processes, shared by the
+module): results equal a serial run bit for bit, resumption computes only the missing cells, a
+worker killed mid-sweep loses no row, a failing cell is reported (and fails the CLI), bad specs
+name their key. Experiments are tiny; the killed-worker test runs last (its worker restarts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import distributed
+import pandas as pd
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gsfh_utils.sweep import (
+    cell_key,
+    grid_cells,
+    load_results,
+    parse_seeds,
+    parse_spec,
+    resolve_cells,
+    run_cell,
+    run_sweep,
+)
+from gsfh_utils.sweep import experiments as ex
+from gsfh_utils.sweep.__main__ import main as cli
+
+TINY_OFFLINE = dict(num_contexts=3, num_actions=4, num_traps=1, num_bootstrap=3)
+OFFLINE_GRID = {"trap_mass": [0.02, 0.25], "n": [20, 40]}
+
+
+@pytest.fixture(scope="module")
+def client():
+    from gsfh_utils.sweep import embedded_cluster
+
+    cluster = embedded_cluster(2)
+    with distributed.Client(cluster) as client:
+        yield client
+    cluster.close()
+
+
+def serial_rows(experiment, grid, seeds, fixed):
+    """The same cells run one after the other in this process: {(cell key, seed): metrics}."""
+    rows = {}
+    for params in resolve_cells(experiment, grid, fixed=fixed):
+        key = cell_key(experiment.__name__, params, seeds)
+        outcome = run_cell(experiment, params, seeds)
+        rows.update({(key, seed): row for seed, row in zip(seeds, outcome["rows"], strict=True)})
+    return rows
+
+
+# --- the engine on the cluster -----------------------------------------------------------------
+
+
+def test_cluster_results_equal_a_serial_run(client, tmp_path):
+    seeds = (3, 7)
+    result = run_sweep("offline", OFFLINE_GRID, seeds, tmp_path, client=client,
+                       fixed=TINY_OFFLINE, progress=False, verbose=False)
+    assert (result.done, result.skipped, result.failed) == (4, 0, 0)
+    expected = serial_rows(ex.offline, OFFLINE_GRID, seeds, TINY_OFFLINE)
+    table = result.table
+    assert len(table) == len(expected) == 8
+    metrics = ["subopt_none", "subopt_pointwise", "subopt_expected", "radius"]
+    for _, row in table.iterrows():
+        assert [row[m] for m in metrics] == [expected[(row["cell"], row["seed"])][m]
+                                             for m in metrics]  # bit-identical
+    assert set(table.columns) >= {*OFFLINE_GRID, "seed", "version", "wall_time", *metrics}
+    assert (table["wall_time"] > 0).all()
+    # Instances vary across seeds: the two seeds of a cell give different results.
+    assert table.groupby("cell")["subopt_none"].nunique().eq(2).all()
+
+
+def test_resume_computes_only_missing_cells_and_reuses_overlap(client, tmp_path):
+    grid = {"scale": [1.0, 2.0, 3.0, 4.0]}
+    first = run_sweep("probe", grid, 3, tmp_path, client=client, progress=False, verbose=False)
+    assert (first.done, first.skipped) == (4, 0)
+    parts = sorted((tmp_path / "parts").glob("*.parquet"))
+    # An interruption: two cells were in flight and never written.
+    for part in parts[:2]:
+        part.unlink()
+    kept = {part: part.stat().st_mtime_ns for part in parts[2:]}
+    resumed = run_sweep("probe", grid, 3, tmp_path, client=client, progress=False, verbose=False)
+    assert (resumed.done, resumed.skipped, resumed.failed) == (2, 2, 0)
+    assert all(part.stat().st_mtime_ns == mtime for part, mtime in kept.items())
+    pd.testing.assert_frame_equal(resumed.table.drop(columns="wall_time"),
+                                  first.table.drop(columns="wall_time"))
+    # A changed grid reuses what overlaps and its table holds only its own cells.
+    changed = run_sweep("probe", {"scale": [3.0, 4.0, 5.0]}, 3, tmp_path, client=client,
+                        progress=False, verbose=False)
+    assert (changed.done, changed.skipped) == (1, 2)
+    assert sorted(changed.table["scale"].unique()) == [3.0, 4.0, 5.0]
+    assert len(load_results(tmp_path)) == 5 * 3
+
+
+def test_failing_cell_is_recorded_and_the_others_finish(client, tmp_path):
+    result = run_sweep("probe", {"fail": [False, True]}, 2, tmp_path, client=client,
+                       progress=False, verbose=False)
+    assert (result.done, result.failed, result.ok) == (1, 1, False)
+    (key, message), = result.errors.items()
+    assert "RuntimeError: probe cell asked to fail" in message
+    record = json.loads((tmp_path / "failed" / f"{key}.json").read_text())
+    assert record["params"]["fail"] is True and record["error"] == message
+    assert list(result.table["fail"]) == [False, False]
+    assert "1 failed" in result.summary() and key in result.summary()
+
+
+def test_cli_exits_non_zero_on_a_failing_cell(client, tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"experiment": "probe", "grid": {"fail": [False, True]},
+                                    "seeds": 2}))
+    store = tmp_path / "store"
+    assert cli([str(spec), "--scheduler", client.scheduler.address, "--store", str(store)]) == 1
+    assert "1 done, 0 skipped (already stored), 1 failed" in capsys.readouterr().out
+    spec.write_text(yaml.safe_dump({"experiment": "probe", "grid": {"fail": [False]},
+                                    "seeds": 2}))
+    assert cli([str(spec), "--scheduler", client.scheduler.address, "--store", str(store)]) == 0
+    spec.write_text(yaml.safe_dump({"experiment": "probe", "grid": {"speed": [1]}, "seeds": 2}))
+    assert cli([str(spec), "--store", str(store)]) == 2
+    assert "speed" in capsys.readouterr().err
+
+
+def test_worker_killed_mid_sweep_loses_and_duplicates_nothing(client, tmp_path):
+    pids = client.run(os.getpid)
+    victim = sorted(pids.values())[0]
+    timer = threading.Timer(1.0, os.kill, (victim, signal.SIGKILL))
+    timer.start()
+    grid = {"scale": [float(i) for i in range(8)], "duration": [0.4]}
+    try:
+        result = run_sweep("probe", grid, 4, tmp_path, client=client, progress=False,
+                           verbose=False)
+    finally:
+        timer.join()
+    assert victim not in client.run(os.getpid).values()  # the worker did die (and restarted)
+    assert (result.done, result.failed) == (8, 0)
+    table = result.table
+    assert len(table) == 8 * 4 and not table.duplicated(["cell", "seed"]).any()
+    assert sorted(table["scale"].unique()) == grid["scale"]
+
+
+# --- specs --------------------------------------------------------------------------------------
+
+
+def spec(**changes):
+    base = {"experiment": "probe", "grid": {"scale": [1.0, 2.0]}, "seeds": 2}
+    return {**base, **changes}
+
+
+@pytest.mark.parametrize("changes, key", [
+    (dict(grid={"speed": [1.0]}), "speed"),              # unknown parameter
+    (dict(fixed={"speed": 1.0}), "speed"),               # unknown fixed parameter
+    (dict(grid={}), "grid"),                             # empty grid
+    (dict(grid={"scale": []}), "scale"),                 # empty list
+    (dict(grid={"scale": 1.0}), "scale"),                # not a list
+    (dict(grid={"scale": [[1.0]]}), "scale"),            # not a scalar
+    (dict(experiment="nonesuch"), "experiment"),         # unknown experiment
+    (dict(mode="cross"), "mode"),
+    (dict(grid={"scale": [1.0], "fail": [True, False]}, mode="zip"), "grid"),
+    (dict(fixed={"scale": 1.0}), "scale"),               # fixed and in the grid
+    (dict(seeds=[1, 1]), "seeds"),
+    (dict(seeds=0), "seeds"),
+    (dict(store_path="x"), "store_path"),                # unknown key of the spec
+])
+def test_bad_specs_name_their_key(changes, key):
+    with pytest.raises(ValueError, match=rf"^{key}\b"):
+        parse_spec(spec(**changes))
+
+
+def test_missing_key_and_both_client_and_scheduler(tmp_path):
+    with pytest.raises(ValueError, match="^seeds"):
+        parse_spec({"experiment": "probe", "grid": {"scale": [1.0]}})
+    with pytest.raises(ValueError, match="client and scheduler"):
+        run_sweep("probe", {"scale": [1.0]}, 1, tmp_path, client=object(),
+                  scheduler="tcp://127.0.0.1:1")
+
+
+def test_shipped_specs_parse():
+    from gsfh_utils.lab.io import REPOSITORY_ROOT
+
+    shipped = sorted((REPOSITORY_ROOT / "sweeps").glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        parsed = parse_spec(yaml.safe_load(path.read_text()))
+        assert parsed.cells()
+
+
+def test_grid_cells_product_and_zip():
+    grid = {"a": [1, 2], "b": ["x", "y", "z"]}
+    assert grid_cells(grid) == [{"a": a, "b": b} for a in (1, 2) for b in "xyz"]
+    assert grid_cells({"a": [1, 2], "b": [3, 4]}, mode="zip") == [{"a": 1, "b": 3},
+                                                                  {"a": 2, "b": 4}]
+    cells = resolve_cells(ex.probe, {"scale": [2.0]}, fixed={"duration": 0.0})
+    assert cells == [{"scale": 2.0, "duration": 0.0, "fail": False}]
+
+
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=4))
+def test_product_grid_has_every_combination_once(lengths):
+    grid = {f"p{i}": list(range(length)) for i, length in enumerate(lengths)}
+    cells = grid_cells(grid)
+    expected = 1
+    for length in lengths:
+        expected *= length
+    assert len(cells) == expected
+    assert len({cell_key("e", cell, (0,)) for cell in cells}) == expected
+
+
+def test_parse_seeds():
+    assert parse_seeds(3) == (0, 1, 2)
+    assert parse_seeds([5, 2]) == (5, 2)
+    assert parse_seeds({"start": 10, "count": 2}) == (10, 11)
+
+
+def test_cell_key_depends_on_name_parameters_and_seeds():
+    key = cell_key("offline", {"n": 1, "eta": 0.5}, (0, 1))
+    assert key == cell_key("offline", {"eta": 0.5, "n": 1}, [0, 1])  # order-free
+    others = [cell_key("rates", {"n": 1, "eta": 0.5}, (0, 1)),
+              cell_key("offline", {"n": 2, "eta": 0.5}, (0, 1)),
+              cell_key("offline", {"n": 1, "eta": 0.5}, (0, 2))]
+    assert key not in others and len(set(others)) == 3
+
+
+def test_run_cell_records_bad_experiment_output():
+    assert "asked to fail" in run_cell(ex.probe, {"fail": True}, (0,))["error"]
+
+    def wrong_count(*, seeds):
+        return [{"x": 1.0}]
+
+    def not_scalar(*, seeds):
+        return [{"x": [1.0]} for _ in seeds]
+
+    def shadowing(*, seeds, n=1):
+        return [{"n": 1.0} for _ in seeds]
+
+    assert "list of 2" in run_cell(wrong_count, {}, (0, 1))["error"]
+    assert "scalar" in run_cell(not_scalar, {}, (0,))["error"]
+    assert "name of a parameter" in run_cell(shadowing, {"n": 1}, (0,))["error"]
+
+
+# --- the experiments ----------------------------------------------------------------------------
+
+
+def test_experiment_rows_depend_on_their_seed_only():
+    alone = ex.offline(seeds=[5], n=30, **TINY_OFFLINE)
+    together = ex.offline(seeds=[4, 5], n=30, **TINY_OFFLINE)
+    assert together[1] == alone[0] and together[0] != alone[0]
+    rows = ex.rates(seeds=[0, 1], n=50, num_contexts=3, num_actions=4, num_traps=1)
+    assert all(row["n_subopt"] == 50 * row["subopt"] and row["subopt"] >= 0 for row in rows)
+    online = ex.online(seeds=[0], num_batches=1, batch_size=5, num_contexts=2, num_actions=4,
+                       num_rare=1, dim=2)
+    assert set(online[0]) == {f"accuracy_{m}" for m in ex.ONLINE_METHODS}
+    assert all(value >= 0 for value in online[0].values())  # the accuracy is a gap plus a KL
