@@ -11,6 +11,7 @@ import signal
 import threading
 
 import distributed
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -29,6 +30,7 @@ from gsfh_utils.sweep import (
 )
 from gsfh_utils.sweep import experiments as ex
 from gsfh_utils.sweep.__main__ import main as cli
+from gsfh_utils.sweep.phase import mean_interval, per_seed_slopes, sign_boundary, win_table
 
 TINY_OFFLINE = dict(num_contexts=3, num_actions=4, num_traps=1, num_bootstrap=3)
 OFFLINE_GRID = {"trap_mass": [0.02, 0.25], "n": [20, 40]}
@@ -253,3 +255,45 @@ def test_experiment_rows_depend_on_their_seed_only():
                        num_rare=1, dim=2)
     assert set(online[0]) == {f"accuracy_{m}" for m in ex.ONLINE_METHODS}
     assert all(value >= 0 for value in online[0].values())  # the accuracy is a gap plus a KL
+
+
+# --- phase diagrams -----------------------------------------------------------------------------
+
+
+def test_win_table_counts_ties_half_and_averages_differences():
+    frame = pd.DataFrame({"cell": ["a"] * 4 + ["b"] * 2, "new": [1, 2, 3, 5, 1, 1],
+                          "old": [2, 2, 1, 6, 0, 0]})
+    table = win_table(frame, better="new", worse="old", by=["cell"]).set_index("cell")
+    assert table.loc["a", "win"] == (1 + 0.5 + 0 + 1) / 4  # brute force
+    assert table.loc["a", "effect"] == ((2 - 1) + 0 + (1 - 3) + (6 - 5)) / 4
+    assert (table.loc["b", "win"], table.loc["b", "seeds"]) == (0.0, 2)
+    with pytest.raises(ValueError, match="^missing"):
+        win_table(frame, better="missing", worse="old", by=["cell"])
+
+
+def test_sign_boundary_separates_opposite_cells_only():
+    assert sign_boundary([[0.2, 0.8]], 0.5) == [((1.0, 0.0), (1.0, 1.0))]
+    assert sign_boundary([[0.2], [0.8]], 0.5) == [((0.0, 1.0), (1.0, 1.0))]
+    assert sign_boundary([[0.2, 0.5, 0.8]], 0.5) == []  # a cell at the threshold
+    grid = np.array([[1.0, -1.0], [-1.0, -1.0]])
+    assert sorted(sign_boundary(grid)) == sorted([((1.0, 0.0), (1.0, 1.0)),
+                                                  ((0.0, 1.0), (1.0, 1.0))])
+
+
+@given(st.lists(st.lists(st.floats(-1, 1), min_size=3, max_size=3), min_size=1, max_size=4))
+def test_sign_boundary_length_counts_sign_changes(rows):
+    values = np.array(rows)
+    side = np.sign(values)
+    changes = int((side[:, 1:] * side[:, :-1] < 0).sum() + (side[1:] * side[:-1] < 0).sum())
+    assert len(sign_boundary(values)) == changes
+
+
+def test_per_seed_slopes_and_mean_interval():
+    n = np.array([10.0, 100.0, 1000.0])
+    frame = pd.DataFrame({"seed": np.repeat([0, 1], 3), "n": np.tile(n, 2),
+                          "y": np.concatenate([3 / n, 5 * n ** -0.5])})
+    slopes = per_seed_slopes(frame, x="n", y="y")
+    np.testing.assert_allclose(slopes.to_numpy(), [-1.0, -0.5], atol=1e-12)
+    mean, low, high = mean_interval([1.0, 2.0, 3.0], level=0.95)
+    half = 4.302652729911275 * 1.0 / np.sqrt(3)  # t_{0.975, 2} * sd / sqrt(n)
+    assert mean == 2.0 and abs(low - (2 - half)) < 1e-9 and abs(high - (2 + half)) < 1e-9
