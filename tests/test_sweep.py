@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 
 import distributed
 import numpy as np
@@ -30,7 +33,13 @@ from gsfh_utils.sweep import (
 )
 from gsfh_utils.sweep import experiments as ex
 from gsfh_utils.sweep.__main__ import main as cli
-from gsfh_utils.sweep.phase import mean_interval, per_seed_slopes, sign_boundary, win_table
+from gsfh_utils.sweep.phase import (
+    local_slopes,
+    mean_interval,
+    per_seed_slopes,
+    sign_boundary,
+    win_table,
+)
 
 TINY_OFFLINE = dict(num_contexts=3, num_actions=4, num_traps=1, num_bootstrap=3)
 OFFLINE_GRID = {"trap_mass": [0.02, 0.25], "n": [20, 40]}
@@ -77,26 +86,59 @@ def test_cluster_results_equal_a_serial_run(client, tmp_path):
     assert table.groupby("cell")["subopt_none"].nunique().eq(2).all()
 
 
-def test_resume_computes_only_missing_cells_and_reuses_overlap(client, tmp_path):
-    grid = {"scale": [1.0, 2.0, 3.0, 4.0]}
-    first = run_sweep("probe", grid, 3, tmp_path, client=client, progress=False, verbose=False)
-    assert (first.done, first.skipped) == (4, 0)
-    parts = sorted((tmp_path / "parts").glob("*.parquet"))
-    # An interruption: two cells were in flight and never written.
-    for part in parts[:2]:
-        part.unlink()
-    kept = {part: part.stat().st_mtime_ns for part in parts[2:]}
-    resumed = run_sweep("probe", grid, 3, tmp_path, client=client, progress=False, verbose=False)
-    assert (resumed.done, resumed.skipped, resumed.failed) == (2, 2, 0)
-    assert all(part.stat().st_mtime_ns == mtime for part, mtime in kept.items())
-    pd.testing.assert_frame_equal(resumed.table.drop(columns="wall_time"),
-                                  first.table.drop(columns="wall_time"))
-    # A changed grid reuses what overlaps and its table holds only its own cells.
-    changed = run_sweep("probe", {"scale": [3.0, 4.0, 5.0]}, 3, tmp_path, client=client,
+def test_resume_after_the_driver_is_killed_computes_only_missing_cells(client, tmp_path):
+    """A real interruption: the CLI running the sweep is killed (SIGKILL) once some parts are
+    written; the rerun computes exactly the cells without a part."""
+    spec, store = tmp_path / "spec.yaml", tmp_path / "store"
+    grid = {"scale": [float(i) for i in range(10)], "duration": [0.3]}
+    spec.write_text(yaml.safe_dump({"experiment": "probe", "grid": grid, "seeds": 2}))
+    driver = subprocess.Popen([sys.executable, "-m", "gsfh_utils.sweep", str(spec), "--scheduler",
+                               client.scheduler.address, "--store", str(store)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = store / "parts"
+    deadline = time.monotonic() + 60
+    while len(list(parts.glob("*.parquet"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    driver.kill()
+    assert driver.wait(timeout=30) == -signal.SIGKILL  # interrupted, not finished
+    stored = {part: part.stat().st_mtime_ns for part in parts.glob("*.parquet")}
+    assert 2 <= len(stored) < 10
+    resumed = run_sweep("probe", grid, 2, store, client=client, progress=False, verbose=False)
+    assert (resumed.done, resumed.skipped, resumed.failed) == (10 - len(stored), len(stored), 0)
+    assert all(part.stat().st_mtime_ns == mtime for part, mtime in stored.items())
+    assert len(resumed.table) == 20 and not resumed.table.duplicated(["cell", "seed"]).any()
+
+
+def test_a_changed_grid_reuses_what_overlaps(client, tmp_path):
+    first = run_sweep("probe", {"scale": [1.0, 2.0, 3.0]}, 3, tmp_path, client=client,
+                      progress=False, verbose=False)
+    assert (first.done, first.skipped) == (3, 0)
+    again = run_sweep("probe", {"scale": [1.0, 2.0, 3.0]}, 3, tmp_path, client=client,
+                      progress=False, verbose=False)
+    assert (again.done, again.skipped) == (0, 3)
+    pd.testing.assert_frame_equal(again.table, first.table)
+    changed = run_sweep("probe", {"scale": [2.0, 3.0, 5.0]}, 3, tmp_path, client=client,
                         progress=False, verbose=False)
     assert (changed.done, changed.skipped) == (1, 2)
-    assert sorted(changed.table["scale"].unique()) == [3.0, 4.0, 5.0]
-    assert len(load_results(tmp_path)) == 5 * 3
+    assert sorted(changed.table["scale"].unique()) == [2.0, 3.0, 5.0]  # only its own cells
+    assert len(load_results(tmp_path)) == 4 * 3
+    other_seeds = run_sweep("probe", {"scale": [2.0]}, 4, tmp_path, client=client,
+                            progress=False, verbose=False)
+    assert other_seeds.done == 1  # the seeds are part of a cell's key
+
+
+def test_seeds_split_into_tasks_give_the_same_rows(client, tmp_path):
+    whole = run_sweep("probe", {"scale": [1.0, 2.0]}, 5, tmp_path / "a", client=client,
+                      progress=False, verbose=False)
+    split = run_sweep("probe", {"scale": [1.0, 2.0]}, 5, tmp_path / "b", client=client,
+                      seeds_per_task=2, progress=False, verbose=False)
+    assert (whole.done, split.done) == (2, 6)  # 2 cells; 2 cells x 3 blocks of seeds
+    columns = ["scale", "seed", "value"]
+    pd.testing.assert_frame_equal(
+        whole.table[columns].sort_values(columns[:2], ignore_index=True),
+        split.table[columns].sort_values(columns[:2], ignore_index=True))
+    with pytest.raises(ValueError, match="^seeds_per_task"):
+        run_sweep("probe", {"scale": [1.0]}, 2, tmp_path, client=client, seeds_per_task=0)
 
 
 def test_failing_cell_is_recorded_and_the_others_finish(client, tmp_path):
@@ -294,6 +336,9 @@ def test_per_seed_slopes_and_mean_interval():
                           "y": np.concatenate([3 / n, 5 * n ** -0.5])})
     slopes = per_seed_slopes(frame, x="n", y="y")
     np.testing.assert_allclose(slopes.to_numpy(), [-1.0, -0.5], atol=1e-12)
+    local = local_slopes(frame.assign(eta=0.5), x="n", y="y", by="eta")
+    assert list(local["n"]) == [10.0, 100.0]
+    np.testing.assert_allclose(local["slope"], [-0.75, -0.75], atol=1e-12)  # mean of -1, -1/2
     mean, low, high = mean_interval([1.0, 2.0, 3.0], level=0.95)
     half = 4.302652729911275 * 1.0 / np.sqrt(3)  # t_{0.975, 2} * sd / sqrt(n)
     assert mean == 2.0 and abs(low - (2 - half)) < 1e-9 and abs(high - (2 + half)) < 1e-9

@@ -8,9 +8,9 @@ so a part is complete or absent), records a failing cell's error in
 ``<store>/failed/<key>.json`` without stopping the others, and returns the tidy table of the
 sweep's cells with a summary. The key of a cell is a hash of the experiment's name, the cell's
 complete parameters and its seeds: running the same sweep again computes nothing, an interrupted
-sweep loses at most the cells in flight, and a changed grid reuses every cell it shares with the
-old one. The parts are written by the process that calls ``run_sweep``, so the store need not be
-visible to the workers of a remote cluster.
+sweep loses at most the cells in flight, a changed grid reuses every cell it shares with the
+old one, and a failed cell is tried again by the next run. The parts are written by the process
+that calls ``run_sweep``, so the store need not be visible to the workers of a remote cluster.
 """
 
 from __future__ import annotations
@@ -153,7 +153,9 @@ def embedded_cluster(n_workers: int | None = None):
     dashboard takes a free port."""
     from distributed import LocalCluster
 
-    n_workers = n_workers or len(os.sched_getaffinity(0))
+    if n_workers is None:
+        n_workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                     else os.cpu_count() or 1)
     return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                         dashboard_address=":0", silence_logs=logging.ERROR)
 
@@ -170,8 +172,8 @@ def dashboard_line(client) -> str:
 
 def run_sweep(experiment, grid: Mapping, seeds, store, *, client=None,
               scheduler: str | None = None, mode: str = "product", fixed: Mapping | None = None,
-              n_workers: int | None = None, progress: bool = True,
-              verbose: bool = True) -> SweepResult:
+              n_workers: int | None = None, seeds_per_task: int | None = None,
+              progress: bool = True, verbose: bool = True) -> SweepResult:
     """Run ``experiment`` (a registered name or a function, see ``experiments``) on every cell of
     ``grid`` (``spec.resolve_cells``: product or zip, plus ``fixed``) for ``seeds`` (a count, a
     list or ``{start, count}``), storing under ``store``.
@@ -182,7 +184,10 @@ def run_sweep(experiment, grid: Mapping, seeds, store, *, client=None,
     a failing cell (the experiment raised, or its worker died more often than the scheduler
     allows) is recorded with its error and the others go on. ``progress``: a bar over the cells
     (silent when the notebook runner executes); ``verbose``: print the dashboard line and the
-    summary. Returns a ``SweepResult``."""
+    summary. ``seeds_per_task``: split each cell's seeds into blocks of at most this many, one task
+    (and one stored part, keyed with its block's seeds) each, to spread a grid of few cells over
+    more workers; by default all the seeds of a cell are one task, and the counts of the result
+    are of these tasks. Returns a ``SweepResult``."""
     if client is not None and scheduler is not None:
         raise ValueError("client and scheduler: give one of them, not both")
     if isinstance(experiment, str):
@@ -191,25 +196,33 @@ def run_sweep(experiment, grid: Mapping, seeds, store, *, client=None,
     seeds = parse_seeds(seeds)
     cells = resolve_cells(experiment, grid, mode=mode, fixed=fixed)
     store = Path(store)
-    keys = [cell_key(name, params, seeds) for params in cells]
+    if seeds_per_task is None:
+        blocks = [seeds]
+    else:
+        if isinstance(seeds_per_task, bool) or not isinstance(seeds_per_task, int) or (
+                seeds_per_task < 1):
+            raise ValueError(f"seeds_per_task: must be a positive integer, got {seeds_per_task!r}")
+        blocks = [seeds[i:i + seeds_per_task] for i in range(0, len(seeds), seeds_per_task)]
+    tasks = [(cell_key(name, params, block), params, block) for params in cells
+             for block in blocks]
+    keys = [key for key, _, _ in tasks]
     if len(set(keys)) != len(keys):
         raise ValueError("grid: repeated cells")
-    pending = [(key, params) for key, params in zip(keys, cells, strict=True)
-               if not _paths(store, key)[0].exists()]
+    pending = [task for task in tasks if not _paths(store, task[0])[0].exists()]
     errors: dict[str, str] = {}
     dashboard = None
     if pending:
-        errors, dashboard = _submit(experiment, name, pending, seeds, store, client=client,
+        errors, dashboard = _submit(experiment, name, pending, store, client=client,
                                     scheduler=scheduler, n_workers=n_workers, progress=progress,
                                     verbose=verbose)
     result = SweepResult(name, load_results(store, keys), len(pending) - len(errors),
-                         len(cells) - len(pending), len(errors), errors, dashboard)
+                         len(tasks) - len(pending), len(errors), errors, dashboard)
     if verbose:
         print(result.summary())
     return result
 
 
-def _submit(experiment, name, pending, seeds, store, *, client, scheduler, n_workers, progress,
+def _submit(experiment, name, pending, store, *, client, scheduler, n_workers, progress,
             verbose):
     from distributed import Client, as_completed
 
@@ -232,15 +245,15 @@ def _submit(experiment, name, pending, seeds, store, *, client, scheduler, n_wor
             print(f"sweep {name}: {len(pending)} cells to run on {client.scheduler.address}; "
                   f"{dashboard}")
         futures = {}
-        for key, params in pending:
+        for key, params, seeds in pending:
             future = client.submit(run_cell, experiment, params, seeds, pure=False,
                                    key=f"sweep-{name}-{key}-{os.urandom(4).hex()}")
-            futures[future] = (key, params)
+            futures[future] = (key, params, seeds)
         completed = as_completed(futures)
         if progress:
             completed = progress_bar(completed, total=len(futures), desc=f"sweep {name}")
         for future in completed:
-            key, params = futures.pop(future)
+            key, params, seeds = futures.pop(future)
             try:
                 outcome = future.result()
             except Exception as exc:  # e.g. KilledWorker: the task's workers kept dying

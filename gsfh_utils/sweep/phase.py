@@ -6,11 +6,14 @@ boundary where an effect changes sign, per-seed rates.
 - ``sign_boundary``: the edges between neighbouring cells of a grid on opposite sides of a
   threshold; ``phase_heatmap`` draws a seaborn heatmap with that boundary.
 - ``per_seed_slopes``: the least-squares slope of ``log y`` on ``log x`` within each seed (the
-  instance is the seed's, so the instance's level drops out of the slope); ``mean_interval``:
-  the mean of independent values with its two-sided t interval.
+  instance is the seed's, so the instance's level drops out of the slope); ``local_slopes``: its
+  mean between consecutive ``x``; ``mean_interval``: the mean of independent values with its
+  two-sided t interval.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -61,8 +64,8 @@ def phase_heatmap(ax, table: pd.DataFrame, *, index: str, columns: str, value: s
     for (x0, y0), (x1, y1) in sign_boundary(grid.to_numpy(), threshold):
         ax.plot([x0, x1], [y0, y1], color="black", linewidth=2.5)
     ax.set_title(title, fontsize=9)
-    ax.set_yticklabels([f"{v:g}" for v in grid.index], rotation=0)
-    ax.set_xticklabels([f"{v:g}" for v in grid.columns])
+    ax.set_yticklabels([f"{v:.3g}" for v in grid.index], rotation=0)
+    ax.set_xticklabels([f"{v:.3g}" for v in grid.columns])
     return grid
 
 
@@ -78,6 +81,21 @@ def per_seed_slopes(frame: pd.DataFrame, *, x: str, y: str, seed: str = "seed") 
         return np.polyfit(np.log(group[x]), np.log(group[y]), 1)[0]
 
     return frame.groupby(seed)[[x, y]].apply(slope)
+
+
+def local_slopes(frame: pd.DataFrame, *, x: str, y: str, by: str,
+                 seed: str = "seed") -> pd.DataFrame:
+    """For each value of ``by`` and each pair of consecutive ``x`` values, the mean over seeds of
+    the per-seed slope of ``log y`` on ``log x`` between them (``per_seed_slopes``): columns
+    ``by``, ``x`` (the smaller of the two) and ``slope``."""
+    rows = []
+    for key, group in frame.groupby(by):
+        values = sorted(group[x].unique())
+        for low, high in itertools.pairwise(values):
+            pair = group[group[x].isin([low, high])]
+            rows.append({by: key, x: low,
+                         "slope": per_seed_slopes(pair, x=x, y=y, seed=seed).mean()})
+    return pd.DataFrame(rows)
 
 
 def mean_interval(values, level: float = 0.99) -> tuple[float, float, float]:
