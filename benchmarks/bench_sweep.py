@@ -5,15 +5,18 @@ about a second each) through the same ``run_cell``, in the same run: serially in
 and with ``run_sweep`` on an embedded cluster of 2 single-threaded worker processes (started and
 warmed up before the clock starts: every process has imported torch and the package and run a
 real cell of each size). The two alternate ``--repeats`` times and the best of each is kept, so
-that both see the same load. The
-script checks that both give bit-identical metrics, prints the speed-up, and the per-task
-overhead of the engine: many no-op cells (the ``probe`` experiment, one seed each), whose wall
-time per cell is what a task costs beyond its own work (scheduling, transfer, the Parquet part).
+that both see the same load. The script checks that both give bit-identical metrics and prints
+the speed-up, the CPU time the tasks' threads used on each side (robust to other load: equal CPU
+means the workers compute as fast as a plain process, so an idle machine gives the ideal ratio
+less the overhead), and the per-task overhead of the engine: many no-op cells (the ``probe``
+experiment, one seed each), whose wall time per cell is what a task costs beyond its own work
+(scheduling, transfer, the Parquet part).
 
     .venv/bin/python benchmarks/bench_sweep.py               # about a minute
     .venv/bin/python benchmarks/bench_sweep.py --cells 16 --seeds 12
 
-The load average is printed before and after: on a shared machine the ratio is what to read.
+The load average is printed before and after: on a shared machine the wall-clock ratio moves
+with the other jobs; the CPU times do not.
 """
 
 from __future__ import annotations
@@ -90,7 +93,12 @@ def main(argv=None) -> int:
     client.close()
     cluster.close()
     per_cell = sum(outcome["wall_time"] for outcome in serial.values()) / len(cells)
+    serial_cpu = sum(outcome["cpu_time"] for outcome in serial.values())
+    cluster_cpu = result.table.groupby("cell")["cpu_time"].first().sum()
     print(f"mean cell: {per_cell:.2f} s of work ({per_cell / len(seeds):.3f} s per seed)")
+    print(f"CPU time of the tasks' threads: serial {serial_cpu:.2f} s, cluster {cluster_cpu:.2f} s "
+          f"(ratio {cluster_cpu / serial_cpu:.2f}; the same work, so near 1 unless the workers "
+          "compute slower than a plain process)")
     print(f"serial, one process:        {serial_time:.2f} s (best of {len(serial_times)})")
     print(f"LocalCluster, {args.workers} workers:   {parallel_time:.2f} s (best of "
           f"{len(parallel_times)}; cluster start and warm-up before: {startup:.1f} s)")
