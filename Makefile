@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNNER := $(BIN)/python -m gsfh_utils.lab.runner
 PROFILE ?= full
+SPEC ?= sweeps/quick.yaml
 
-.PHONY: install reproduce test notebook lab lint benchmark clean
+.PHONY: install reproduce test notebook lab lint benchmark sweep clean
 
 install: $(STAMP)
 
@@ -27,6 +28,10 @@ test: $(STAMP)
 ## One notebook: make notebook NB=03 [PROFILE=small] [ARGS="-p batch_size 50 --explore"]
 notebook: $(STAMP)
 	$(RUNNER) -n $(NB) --profile $(PROFILE) $(ARGS)
+
+## A sweep on Dask: make sweep [SPEC=sweeps/offline.yaml] [ARGS="--scheduler tcp://127.0.0.1:8786"]
+sweep: $(STAMP)
+	$(BIN)/python -m gsfh_utils.sweep $(SPEC) $(ARGS)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/

@@ -25,11 +25,13 @@ Beyond the paper:
 - ``out_of_preference``: continuous-context bandits and the routes from preferences to a policy
   (DPO, reward-model policy optimisation with and without preference-free prompts).
 
-Two subpackages:
+Three subpackages:
 
 - ``gsfh_utils.lm``: the paper's language-model experiment in miniature (``sequence``: the
   synthetic language, the GRU policy, training, the proxy reward, samplers; ``experiment``: one
   seed of every method, and the summaries).
+- ``gsfh_utils.sweep``: sweeps over parameter grids on ``dask.distributed`` (specs, experiments,
+  a resumable Parquet store, phase-diagram helpers; ``python -m gsfh_utils.sweep SPEC.yaml``).
 - ``gsfh_utils.lab``: the experiment machinery (notebook runs, claims, statistics, figures,
   results files, the runner); see its docstring.
 
