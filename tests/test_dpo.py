@@ -318,6 +318,33 @@ def test_rso_dpo_moves_towards_the_reward_model():
     assert policy[0, 0, 0] > 0.5 > 1 / 3
 
 
+def test_rso_dpo_against_a_hand_labelled_pair_set():
+    """Two responses with phi = 0 and 1 and uniform pi0; 2000 comparisons prefer response 1, so
+    the reward model's margin is theta_rm with 2000 sigmoid(-theta_rm) = reg theta_rm (about
+    9.9: every synthetic label says "1 beats 0" with probability 1 - 5e-5). With a pool of two,
+    RSO keeps both responses, so the synthetic pair set is n' copies of (chosen 1, rejected 0)
+    plus pairs of a response with itself (z = 0, no effect), n' unknown. DPO on it is solved by
+    hand: theta = eta log(pi(1)/pi(0)) satisfies n' sigmoid(-theta) = reg theta, so
+    n' = reg theta (1 + e^theta) must be a whole number between 1 and num_pairs. Labels flipped
+    anywhere (the pair order, the comparison with the uniforms, the margin's sign) make
+    theta < 0 and n' negative."""
+    eta, reg, num_pairs = 0.5, 0.01, 40
+    features = torch.tensor([[[0.0], [1.0]]], dtype=torch.float64)
+    bandit = gu.LinearBTBandit(features, torch.zeros(1, dtype=torch.float64),
+                               torch.full((1, 2), 0.5, dtype=torch.float64),
+                               torch.ones(1, dtype=torch.float64), eta)
+    first = torch.ones(1, 2000, dtype=torch.long)
+    data = gu.Preferences(torch.zeros_like(first), first, torch.zeros_like(first),
+                          torch.ones(1, 2000, dtype=torch.float64),
+                          torch.ones(1, 2000, 1, dtype=torch.float64))
+    policy = dpo.rso_dpo(bandit, data, reg=reg, num_pairs=num_pairs, pool_size=2,
+                         generator=torch.Generator().manual_seed(0), tol=1e-12)
+    theta = eta * float(policy[0, 0, 1].log() - policy[0, 0, 0].log())
+    pairs = reg * theta * (1 + math.exp(theta))
+    assert 1 <= round(pairs) <= num_pairs
+    assert pairs == pytest.approx(round(pairs), abs=1e-6)
+
+
 def test_policy_summary_and_dpo_mle_agreement():
     bandit, generator = _bandit(eta=0.4)
     data = bandit.sample_preferences(60, bandit.ref_probs, bandit.ref_probs, generator, (3,))

@@ -178,6 +178,78 @@ def test_bounds_hold_on_the_confidence_event(seed, eta, beta, fraction):
             <= bound_pointwise + 1e-12).all()
 
 
+def hidden_direction_problem(eta, coverage, good_mass):
+    """One context, three actions: a good action phi = (1, 0) that pi0 plays with mass
+    ``good_mass``, a neutral one at 0 and a bad one phi = (0, 1) in the direction the data barely
+    cover (Sigma = diag(100, coverage)); theta* = (1, -1). The uncertainty of the bad action is
+    large and that of pi* small, so any policy drawn to uncertainty (optimism instead of
+    pessimism) loses more than the pessimistic bound allows."""
+    features = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    rest = (1 - good_mass) / 2
+    ref = torch.tensor([[good_mass, rest, rest]], dtype=torch.float64)
+    bandit = gu.LinearBTBandit(features, torch.tensor([1.0, -1.0], dtype=torch.float64), ref,
+                               torch.ones(1, dtype=torch.float64), eta)
+    return bandit, torch.diag(torch.tensor([100.0, coverage], dtype=torch.float64))
+
+
+@settings(max_examples=25)
+@given(eta=st.floats(0.05, 2.0), beta=st.floats(0.3, 3.0), fraction=st.floats(0.0, 1.0),
+       angle=st.floats(0.0, 2 * math.pi), log_coverage=st.floats(-3.0, -1.0),
+       good_mass=st.floats(0.9, 0.999))
+def test_bounds_hold_when_a_bad_action_hides_in_an_uncovered_direction(eta, beta, fraction,
+                                                                         angle, log_coverage,
+                                                                         good_mass):
+    """The bound theorem of notebook 02 again, on instances built so that the sign of the
+    penalty matters: with the penalty added instead of subtracted the pointwise policy chases
+    the uncovered bad action and breaks its bound (checked in
+    test_optimism_breaks_the_bound_on_the_hidden_direction_problem)."""
+    bandit, sigma = hidden_direction_problem(eta, 10.0**log_coverage, good_mass)
+    u = torch.tensor([math.cos(angle), math.sin(angle)], dtype=torch.float64)
+    theta_hat = bandit.theta_star + fraction * beta * u / estimation.sigma_norm(u, sigma)
+    estimate = dict(theta_hat=theta_hat, sigma=sigma, beta=beta)
+    optimal = bandit.optimal_policy()
+    pointwise = offline.pointwise_pessimistic_policy(bandit, **estimate)
+    expected = offline.expected_pessimism_policy(bandit, **estimate)
+    kl_term = eta * bandit.expected_kl(optimal, pointwise)
+    bound = offline.pointwise_bound(bandit, optimal, sigma=sigma, beta=beta)
+    assert bandit.value(optimal) - bandit.value(pointwise) <= bound - kl_term + 1e-12
+    assert (bandit.value(optimal) - bandit.value(expected.policy)
+            <= offline.expected_bound(bandit, optimal, sigma=sigma, beta=beta)
+            + expected.duality_gap + 1e-12)
+
+
+def test_optimism_breaks_the_bound_on_the_hidden_direction_problem():
+    """The property test above can tell pessimism from optimism: the Gibbs policy of
+    r_hat + beta b (the penalty's sign flipped) loses far more than 2 beta E_{pi*} b."""
+    bandit, sigma = hidden_direction_problem(0.5, 0.01, 0.99)
+    theta_hat, beta = bandit.theta_star, 1.0
+    optimistic = gu.gibbs_policy(bandit.ref_probs, bandit.rewards(theta_hat)
+                                 + beta * offline.action_uncertainty(bandit, sigma), 0.5)
+    optimal = bandit.optimal_policy()
+    bound = offline.pointwise_bound(bandit, optimal, sigma=sigma, beta=beta)
+    assert bandit.value(optimal) - bandit.value(optimistic) > 5 * bound
+
+
+def test_expected_pessimism_objective_closed_form():
+    """f(pi) = <theta_hat, v> - beta sqrt(v^T Sigma^{-1} v) - eta sum_x d0(x) KL(pi(x) || pi0(x))
+    with v = sum_x d0(x) sum_a pi(a|x) (phi(x, a) - nu(x)), written out with loops."""
+    bandit, theta_hat, sigma = small_problem(12, eta=0.7)
+    generator = torch.Generator().manual_seed(12)
+    policy = torch.softmax(torch.randn(3, 4, dtype=torch.float64, generator=generator), -1)
+    features, ref, weights = bandit.features, bandit.ref_probs, bandit.context_probs
+    v = torch.zeros(3, dtype=torch.float64)
+    kl = 0.0
+    for x in range(3):
+        nu = sum(ref[x, a] * features[x, a] for a in range(4))
+        for a in range(4):
+            v += weights[x] * policy[x, a] * (features[x, a] - nu)
+            kl += weights[x] * policy[x, a] * math.log(policy[x, a] / ref[x, a])
+    expected = theta_hat @ v - 0.9 * torch.sqrt(v @ torch.linalg.inv(sigma) @ v) - 0.7 * kl
+    value = offline.expected_pessimism_objective(bandit, policy, theta_hat=theta_hat,
+                                                 sigma=sigma, beta=0.9)
+    assert math.isclose(value.item(), expected.item(), rel_tol=1e-12, abs_tol=1e-12)
+
+
 def test_bound_closed_forms():
     bandit, _, sigma = small_problem(9)
     features, context_probs = bandit.features, bandit.context_probs
