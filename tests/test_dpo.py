@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
@@ -63,21 +63,27 @@ def test_loss_is_exported_and_broadcasts():
     assert torch.allclose(out, torch.full((3, 4), math.log(2), dtype=out.dtype))
 
 
-def test_loss_gradient_matches_finite_differences():
-    generator = torch.Generator().manual_seed(0)
-    logps = torch.randn(4, 5, dtype=torch.float64, generator=generator)
-    for loss_type, ls in [("sigmoid", 0.0), ("sigmoid", 0.2), ("ipo", 0.0)]:
-        chosen = logps[0].clone().requires_grad_(True)
-        loss = dpo.dpo_loss(chosen, logps[1], logps[2], logps[3], 0.7, loss_type, ls).sum()
-        (grad,) = torch.autograd.grad(loss, chosen)
-        step = 1e-6
-        for i in range(5):
-            bump = torch.zeros(5, dtype=torch.float64)
-            bump[i] = step
-            up = dpo.dpo_loss(logps[0] + bump, logps[1], logps[2], logps[3], 0.7, loss_type, ls)
-            down = dpo.dpo_loss(logps[0] - bump, logps[1], logps[2], logps[3], 0.7, loss_type, ls)
-            assert grad[i].item() == pytest.approx(((up - down).sum() / (2 * step)).item(),
-                                                   rel=1e-6, abs=1e-8)
+@given(finite, finite, finite, finite, positive_eta, st.floats(0.0, 0.49),
+       st.sampled_from(["sigmoid", "ipo", "hinge"]))
+def test_loss_gradient_matches_the_derivative_by_hand(pc, pr, rc, rr, eta, ls, loss_type):
+    """Autograd of dpo_loss against the derivative written out by hand. With
+    h = (pc - rc) - (pr - rr), dh/dpc = dh/drr = 1 and dh/dpr = dh/drc = -1, and dloss/dh is
+    sigmoid: eta ((1 - ls)(sigmoid(eta h) - 1) + ls sigmoid(eta h)); ipo: 2 (h - 1/(2 eta));
+    hinge: -eta where eta h < 1, else 0 (away from the kink)."""
+    h = _h(pc, pr, rc, rr)
+    if loss_type == "sigmoid":
+        probability = 1 / (1 + math.exp(-eta * h)) if eta * h > -700 else 0.0
+        slope = eta * ((1 - ls) * (probability - 1) + ls * probability)
+    elif loss_type == "ipo":
+        slope = 2 * (h - 1 / (2 * eta))
+    else:
+        assume(abs(1 - eta * h) > 1e-6)
+        slope = -eta if eta * h < 1 else 0.0
+    inputs = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (pc, pr, rc, rr)]
+    loss = dpo.dpo_loss(*inputs, eta, loss_type, ls if loss_type == "sigmoid" else 0.0)
+    grads = torch.autograd.grad(loss, inputs)
+    for grad, sign in zip(grads, (1, -1, -1, 1), strict=True):
+        assert grad.item() == pytest.approx(sign * slope, rel=1e-9, abs=1e-12)
 
 
 @pytest.mark.parametrize("kwargs, word", [
@@ -262,7 +268,18 @@ def test_iterative_dpo_runs_and_is_reproducible():
                           atol=1e-12)
     moving = dpo.iterative_dpo(bandit, start, **loop, selector="random", generator=generator,
                                reference="previous")
-    assert torch.isfinite(moving.policies).all()
+    # with reference="previous", pi_t ∝ pi_{t-1} exp(<w_t, phi>), w_t the DPO fit on the
+    # first num_pairs[t] comparisons against pi_{t-1}: recomputed from the collected data
+    previous = bandit.ref_probs
+    for t, size in enumerate(moving.num_pairs):
+        prefix = gu.Preferences(*(getattr(moving.data, name)[..., :size] for name in (
+            "contexts", "first_actions", "second_actions", "labels")),
+            moving.data.feature_diffs[..., :size, :])
+        signs = (2 * prefix.labels - 1).unsqueeze(-1)
+        fit = dpo.train_dpo_linear(signs * prefix.feature_diffs, eta=bandit.eta, reg=1.0)
+        expected = dpo.linear_policy(previous, features=bandit.features, w=fit.w)
+        assert torch.allclose(moving.policies[t], expected, atol=1e-9)
+        previous = expected
 
 
 @pytest.mark.parametrize("kwargs, word", [
@@ -280,19 +297,23 @@ def test_iterative_dpo_bad_inputs(kwargs, word):
         dpo.iterative_dpo(bandit, start, generator=generator, **params)
 
 
-def test_rso_dpo_and_frontier():
+def test_gibbs_frontier_against_the_gibbs_family_by_hand():
+    """F(k) is the reward of the Gibbs policy pi_s ∝ pi0 exp(r*/s) whose KL is k: for a few
+    coefficients s, pi_s, its mean KL and its mean reward are written out with numpy, and F at
+    that KL must return that reward; beyond the largest reachable KL, F is the best reward."""
     bandit, generator = _bandit()
-    data = bandit.sample_preferences(30, bandit.ref_probs, bandit.ref_probs, generator, (2,))
-    policy = dpo.rso_dpo(bandit, data, reg=1.0, num_pairs=20, pool_size=8, generator=generator)
-    assert policy.shape == (2, 3, 5)
-    assert torch.allclose(policy.sum(-1), torch.ones(2, 3, dtype=torch.float64))
-    optimal = bandit.optimal_policy()
-    kl_star = (gu.kl_divergence(optimal, bandit.ref_probs) * bandit.context_probs).sum()
-    reward_star = ((optimal * bandit.rewards()).sum(-1) * bandit.context_probs).sum()
-    assert dpo.gibbs_frontier_reward(bandit, kl_star).item() == pytest.approx(
-        reward_star.item(), abs=1e-9)
-    frontier = dpo.gibbs_frontier_reward(bandit, torch.tensor([0.0, 0.1, 0.3, 0.6]))
-    assert (frontier.diff() > 0).all()
+    ref, rewards, weights = (t.numpy() for t in (bandit.ref_probs, bandit.rewards(),
+                                                 bandit.context_probs))
+    kls, values = [], []
+    for s in (0.05, 0.3, 2.0):
+        unnormalised = ref * np.exp(rewards / s)
+        policy = unnormalised / unnormalised.sum(-1, keepdims=True)
+        kls.append(float((weights * (policy * np.log(policy / ref)).sum(-1)).sum()))
+        values.append(float((weights * (policy * rewards).sum(-1)).sum()))
+    frontier = dpo.gibbs_frontier_reward(bandit, torch.tensor(kls))
+    assert np.allclose(frontier.numpy(), values, rtol=1e-7, atol=0)  # bisection on the KL
+    best = float((weights * rewards.max(-1)).sum())
+    assert dpo.gibbs_frontier_reward(bandit, 1e3).item() == pytest.approx(best, abs=1e-9)
     # no policy lies above the frontier at its own KL
     policies = gu.random_policies(bandit.ref_probs, 50, generator).transpose(0, 1)
     kl = (gu.kl_divergence(policies, bandit.ref_probs) * bandit.context_probs).sum(-1)
@@ -351,8 +372,25 @@ def test_policy_summary_and_dpo_mle_agreement():
     summary = dpo.policy_summary(bandit, bandit.optimal_policy())
     assert summary["J"].item() == pytest.approx(bandit.optimal_value().item(), abs=1e-12)
     assert summary["deficit"].item() == pytest.approx(0.0, abs=1e-9)  # pi* is on the frontier
+    # a policy off the frontier, against numpy sums
+    policy = gu.random_policies(bandit.ref_probs, 1, generator)[:, 0]
+    summary = dpo.policy_summary(bandit, policy)
+    p, ref, r, d0 = (t.numpy() for t in (policy, bandit.ref_probs, bandit.rewards(),
+                                         bandit.context_probs))
+    kl = float((d0 * (p * np.log(p / ref)).sum(-1)).sum())
+    reward = float((d0 * (p * r).sum(-1)).sum())
+    assert summary["kl"].item() == pytest.approx(kl, rel=1e-10)
+    assert summary["reward"].item() == pytest.approx(reward, rel=1e-10, abs=1e-12)
+    assert summary["J"].item() == pytest.approx(reward - 0.4 * kl, rel=1e-10, abs=1e-12)
+    assert summary["deficit"].item() == pytest.approx(
+        dpo.gibbs_frontier_reward(bandit, kl).item() - reward, rel=1e-9, abs=1e-12)
+    assert summary["deficit"].item() > 0
+    # DPO and the Gibbs policy of the MLE: the gap is max |log pi_DPO - log pi_MLE|, computed
+    # here from the two policies, and it is within the bound the tolerances allow
     gap, bound = dpo.dpo_mle_agreement(bandit, data, reg=1.0)
-    assert gap.shape == bound.shape == (3,)
+    direct = (torch.log(dpo.offline_dpo(bandit, data, reg=1.0))
+              - torch.log(dpo.mle_gibbs_policy(bandit, data, reg=1.0))).abs().amax((-1, -2))
+    assert torch.allclose(gap, direct, atol=1e-12)
     assert (gap <= bound).all() and (bound < 1e-6).all()
 
 
