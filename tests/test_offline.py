@@ -323,30 +323,84 @@ def test_trap_instance_is_as_specified():
                           torch.full((6,), 0.2, dtype=torch.float64))
 
 
-def test_grid_helpers_are_deterministic_and_consistent():
-    def run(seed):
-        generator = torch.Generator().manual_seed(seed)
-        trap = offline.trap_instance(num_contexts=4, num_actions=5, dim=4, num_traps=1,
-                                     norm_bound=3.0, trap_weight=2.0, eta=0.5,
-                                     generator=generator)
-        fits = offline.fit_offline_grid(trap, trap_masses=[0.05, 0.2], sizes=[20, 60],
-                                        num_seeds=6, reg=1.0, generator=generator,
-                                        bootstrap_sizes=[60], num_bootstrap=5)
-        return trap, fits, offline.evaluate_offline(trap, fits, radii={"small": 0.5,
-                                                                       "large": 50.0})
+def grid_run(seed, bootstrap_sizes=(60,)):
+    generator = torch.Generator().manual_seed(seed)
+    trap = offline.trap_instance(num_contexts=4, num_actions=5, dim=4, num_traps=1,
+                                 norm_bound=3.0, trap_weight=2.0, eta=0.5, generator=generator)
+    fits = offline.fit_offline_grid(trap, trap_masses=[0.05, 0.2], sizes=[20, 60], num_seeds=6,
+                                    reg=1.0, generator=generator,
+                                    bootstrap_sizes=bootstrap_sizes, num_bootstrap=5)
+    return trap, fits, generator
 
-    trap, fits, results = run(3)
-    _, fits_again, results_again = run(3)
+
+def test_fit_offline_grid_against_a_loop_over_cells():
+    """Without bootstrap the grid is, cell after cell from one stream, n pairs from the behaviour
+    policy and their ridge MLE: replayed here cell by cell; the error columns against explicit
+    quadratic forms."""
+    trap, fits, _ = grid_run(3, bootstrap_sizes=())
+    generator = torch.Generator().manual_seed(3)
+    offline.trap_instance(num_contexts=4, num_actions=5, dim=4, num_traps=1, norm_bound=3.0,
+                          trap_weight=2.0, eta=0.5, generator=generator)  # same stream
+    bandit = trap.bandit
+    for m, mass in enumerate([0.05, 0.2]):
+        for n, size in enumerate([20, 60]):
+            behaviour = trap.behaviour(mass)
+            data = bandit.sample_preferences(size, behaviour, behaviour, generator, (6,))
+            z = data.feature_diffs
+            assert torch.allclose(fits.theta_hat[m, n], estimation.fit_bt_mle(z, data.labels, 1.0))
+            sigma = torch.eye(4, dtype=torch.float64) + z.transpose(-1, -2) @ z
+            assert torch.allclose(fits.sigma[m, n], sigma)
+            error = fits.theta_hat[m, n] - bandit.theta_star
+            assert torch.allclose(fits.error_sigma[m, n],
+                                  torch.einsum("si,sij,sj->s", error, sigma, error).sqrt())
+            assert torch.allclose(fits.error_euclid[m, n], error.norm(dim=-1))
+    assert torch.isnan(fits.bootstrap_radius).all()
+
+
+def test_evaluate_offline_against_the_gap_identity():
+    """Every suboptimality of evaluate_offline against eta E_x KL(pi_hat || pi*) (the gap
+    identity, a formula the package does not use for it), with pi_hat rebuilt from its
+    definition; the bounds against their explicit forms; at another eta, pi* and the policies
+    are those of that eta."""
+    trap, fits, _ = grid_run(4)
+    bandit = trap.bandit
+    results = offline.evaluate_offline(trap, fits, radii={"small": 0.5, "large": 50.0})
+    features, ref = bandit.features, bandit.ref_probs
+    diffs = features - torch.einsum("xk,xkd->xd", ref, features).unsqueeze(1)
+
+    def gap(policy, eta):
+        optimal = gu.gibbs_policy(ref, bandit.rewards(), eta)
+        return eta * (gu.kl_divergence(policy, optimal) * bandit.context_probs).sum(-1)
+
+    mle = gu.gibbs_policy(ref, bandit.rewards(fits.theta_hat), 0.5)
+    assert torch.allclose(results["none"], gap(mle, 0.5), atol=1e-12)
+    inverse = torch.linalg.inv(fits.sigma)
+    bonus = torch.einsum("xki,...ij,xkj->...xk", diffs, inverse, diffs).sqrt()
+    optimal = bandit.optimal_policy()
+    for name, beta in (("small", 0.5), ("large", 50.0)):
+        pointwise = gu.gibbs_policy(ref, bandit.rewards(fits.theta_hat) - beta * bonus, 0.5)
+        assert torch.allclose(results["pointwise"][name], gap(pointwise, 0.5), atol=1e-12)
+        expected = offline.expected_pessimism_policy(bandit, theta_hat=fits.theta_hat,
+                                                     sigma=fits.sigma, beta=beta)
+        assert torch.allclose(results["expected"][name], gap(expected.policy, 0.5), atol=1e-12)
+        assert torch.allclose(results["pointwise_bound"][name], 2 * beta * (
+            bonus * optimal * bandit.context_probs.unsqueeze(-1)).sum((-1, -2)))
+        v = torch.einsum("x,xk,xkd->d", bandit.context_probs, optimal, diffs)
+        norm = torch.einsum("i,...ij,j->...", v, inverse, v).sqrt()
+        assert torch.allclose(results["expected_bound"][name],
+                              2 * beta * norm + results["duality_gap"][name])
+    # the large radius puts theta = 0 inside every ellipsoid: expected pessimism returns pi0
+    assert torch.allclose(results["expected"]["large"], gap(ref, 0.5), atol=1e-12)
+    other = offline.evaluate_offline(trap, fits, radii={}, eta=0.1)
+    mle_other = gu.gibbs_policy(ref, bandit.rewards(fits.theta_hat), 0.1)
+    assert torch.allclose(other["none"], gap(mle_other, 0.1), atol=1e-12)
+
+
+def test_grid_helpers_are_deterministic():
+    _, fits, _ = grid_run(3)
+    _, fits_again, _ = grid_run(3)
     assert torch.equal(fits.theta_hat, fits_again.theta_hat)
-    assert torch.equal(results["none"], results_again["none"])
-    for key in ("pointwise", "expected", "pointwise_bound", "expected_bound"):
-        for name in ("small", "large"):
-            assert torch.equal(results[key][name], results_again[key][name])
-            assert results[key][name].shape == (2, 2, 6)
-    assert fits.theta_hat.shape == (2, 2, 6, 4) and fits.sigma.shape == (2, 2, 6, 4, 4)
-    assert (results["none"] >= -1e-12).all() and (results["pointwise"]["small"] >= -1e-12).all()
-    error = estimation.sigma_norm(fits.theta_hat - trap.bandit.theta_star, fits.sigma)
-    assert torch.allclose(error, fits.error_sigma)
+    assert torch.equal(fits.bootstrap_radius.nan_to_num(), fits_again.bootstrap_radius.nan_to_num())
     # the bootstrap radius exists exactly at the bootstrapped size
     assert torch.isnan(fits.bootstrap_radius[:, 0]).all()
     assert (fits.bootstrap_radius[:, 1] > 0).all()
@@ -354,9 +408,3 @@ def test_grid_helpers_are_deterministic_and_consistent():
     assert one.sizes == (60,) and torch.equal(one.theta_hat[:, 0], fits.theta_hat[:, 1])
     with pytest.raises(ValueError, match="size"):
         fits.at_size(30)
-    # evaluating at another eta compares with pi* at that eta
-    other = offline.evaluate_offline(trap, fits, radii={}, eta=0.1)
-    policy = offline.pointwise_pessimistic_policy(trap.bandit.with_eta(0.1),
-                                                  theta_hat=fits.theta_hat, sigma=fits.sigma,
-                                                  beta=0.0)
-    assert torch.allclose(other["none"], trap.bandit.with_eta(0.1).suboptimality(policy))
