@@ -11,7 +11,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from conftest import examples
+from hypothesis import given
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
@@ -101,7 +102,7 @@ def test_gradient_matches_finite_differences():
     assert torch.allclose(gradient, numeric, atol=1e-6, rtol=1e-6)
 
 
-@settings(max_examples=25)
+@examples(25)
 @given(num_pairs=st.integers(1, 40), dim=st.integers(1, 5),
        log_reg=st.floats(-2, 1), seed=st.integers(0, 10_000), scale=st.floats(0.1, 8.0))
 def test_fit_property_stationary_and_minimal(num_pairs, dim, log_reg, seed, scale):

@@ -14,8 +14,8 @@ import math
 
 import pytest
 import torch
-from conftest import EPS, etas, gibbs_problems, policies_on_support, rewards_like
-from hypothesis import assume, given, settings
+from conftest import EPS, etas, examples, gibbs_problems, policies_on_support, rewards_like
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from gsfh_utils import (
@@ -427,7 +427,7 @@ def test_eta_tensor_gives_one_eta_per_row_and_broadcasts_outwards():
 # --- mirror ascent and the objective gradient -------------------------------------------------
 
 
-@settings(max_examples=30)  # 12 mirror steps per example
+@examples(30)  # 12 mirror steps per example
 @given(gibbs_problems(eta_range=(0.05, 20.0), reward_scale=1.0, min_prob=1e-6), st.data(),
        st.floats(0.1, 1.0))
 def test_mirror_ascent_contracts_the_log_ratio_to_the_gibbs_policy(problem, data, alpha):
@@ -533,7 +533,7 @@ def kl_of_small_eta_limit(ref_probs, rewards):
     return -mass.log()
 
 
-@settings(max_examples=25)  # a bisection per example
+@examples(25)  # a bisection per example
 @given(gibbs_problems(reward_scale=1.0, allow_zeros=True, min_prob=1e-3), st.floats(0.05, 0.95))
 def test_frontier_eta_reaches_the_target_kl(problem, fraction):
     ref_probs, rewards, _ = problem
@@ -548,7 +548,7 @@ def test_frontier_eta_reaches_the_target_kl(problem, fraction):
     assert torch.all((reached - target).abs() <= 1e-9 * (1 + target))
 
 
-@settings(max_examples=25)  # a bisection per example
+@examples(25)  # a bisection per example
 @given(gibbs_problems(reward_scale=1.0, min_prob=1e-3), st.data())
 def test_gibbs_family_is_the_reward_kl_frontier(problem, data):
     """No policy with KL(pi||pi0) <= KL(pi_eta||pi0) has a larger expected reward; beyond that

@@ -12,7 +12,8 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from conftest import examples
+from hypothesis import given
 from hypothesis import strategies as st
 
 import gsfh_utils as gu
@@ -145,7 +146,7 @@ def test_dual_upper_bounds_the_objective():
         assert (primal <= dual + 1e-12).all()
 
 
-@settings(max_examples=20)
+@examples(20)
 @given(seed=st.integers(0, 10_000), eta=st.floats(0.05, 5.0), beta=st.floats(0.05, 3.0),
        fraction=st.floats(0.0, 1.0))
 def test_bounds_hold_on_the_confidence_event(seed, eta, beta, fraction):
@@ -192,7 +193,7 @@ def hidden_direction_problem(eta, coverage, good_mass):
     return bandit, torch.diag(torch.tensor([100.0, coverage], dtype=torch.float64))
 
 
-@settings(max_examples=25)
+@examples(25)
 @given(eta=st.floats(0.05, 2.0), beta=st.floats(0.3, 3.0), fraction=st.floats(0.0, 1.0),
        angle=st.floats(0.0, 2 * math.pi), log_coverage=st.floats(-3.0, -1.0),
        good_mass=st.floats(0.9, 0.999))
