@@ -6,16 +6,20 @@ import math
 
 import pytest
 import torch
-from conftest import distributions
+from conftest import EPS, distributions
 from hypothesis import given
 from hypothesis import strategies as st
 
 import gsfh_utils as gu
 from gsfh_utils.kl_estimators import (
+    bias_test,
     kl_estimates,
     kl_estimates_from_samples,
     kl_estimator_moments,
+    mean_error_ratio,
+    monte_carlo_means,
 )
+from gsfh_utils.sampling import sample_categorical
 
 
 @given(st.floats(-20, 20), st.floats(-20, 20))
@@ -100,8 +104,6 @@ def test_bad_inputs():
 def test_bias_test_against_a_direct_chebyshev_computation():
     """The p-value is the largest over rows of min(1, 1/z^2), z from the same draws; k2 is
     detected far from q, k1 (unbiased) is not."""
-    from gsfh_utils.kl_estimators import bias_test
-
     q = torch.softmax(torch.randn(3, 6, dtype=torch.float64,
                                   generator=torch.Generator().manual_seed(2)), -1)
     p = torch.softmax(4 * torch.randn(3, 6, dtype=torch.float64,
@@ -120,3 +122,66 @@ def test_bias_test_against_a_direct_chebyshev_computation():
         bias_test(p, q, "k4", 10, torch.Generator())
     with pytest.raises(ValueError, match="p must have shape"):
         bias_test(p[0], q[0], "k1", 10, torch.Generator())
+
+
+def test_python_numbers_are_read_in_float64():
+    """log p and log q given as Python numbers are float64: k1 = log p - log q to round-off."""
+    values = kl_estimates([math.log(0.1)], [math.log(0.2)])
+    assert values["k1"].dtype == torch.float64
+    assert abs(values["k1"].item() - math.log(0.5)) <= 4 * EPS
+    with pytest.raises(ValueError, match="NaN"):
+        kl_estimates([0.0], [math.nan])
+    with pytest.raises(ValueError, match="NaN"):
+        kl_estimates([math.nan], [0.0])
+
+
+def test_batched_samples_pick_their_own_rows():
+    """kl_estimates_from_samples on p, q [2, 3] with samples [2, n]: row r of the samples indexes
+    row r of p and q (along the action dimension)."""
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], dtype=torch.float64)
+    q = torch.tensor([[0.2, 0.2, 0.6], [0.3, 0.3, 0.4]], dtype=torch.float64)
+    samples = torch.tensor([[0, 2], [2, 1]])
+    k1 = kl_estimates_from_samples(samples, p, q)["k1"]
+    expected = [[math.log(0.5 / 0.2), math.log(0.2 / 0.6)],
+                [math.log(0.8 / 0.4), math.log(0.1 / 0.3)]]
+    assert torch.allclose(k1, torch.tensor(expected, dtype=torch.float64), rtol=1e-14)
+    with pytest.raises(ValueError, match=r"samples must be integer indices of shape \[\(2,\), n\]"):
+        kl_estimates_from_samples(samples[:1], p, q)
+
+
+def test_monte_carlo_means_and_their_standardised_errors_by_hand():
+    """The means of the draws' estimates (draws replayed from the same seed) and their distance
+    to the exact means in standard errors sqrt(variance / n)."""
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], dtype=torch.float64)
+    q = torch.tensor([[0.2, 0.2, 0.6], [0.3, 0.3, 0.4]], dtype=torch.float64)
+    means, errors = monte_carlo_means(p, q, 500, torch.Generator().manual_seed(0))
+    draws = sample_categorical(p, 500, torch.Generator().manual_seed(0))
+    moments = kl_estimator_moments(p, q)
+    for name, values in kl_estimates_from_samples(draws, p, q).items():
+        assert torch.allclose(means[name], values.mean(-1), rtol=1e-14)
+        mean, variance = moments[name]
+        expected = (values.mean(-1) - mean).abs() / (variance / 500).sqrt()
+        assert torch.allclose(errors[name], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("function", ["from_samples", "moments", "monte_carlo", "bias_test",
+                                      "mean_error_ratio"])
+def test_bad_distributions_are_named(function):
+    good = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    bad = torch.tensor([[1.5, -0.5]], dtype=torch.float64)
+    three = torch.tensor([[0.2, 0.3, 0.5]], dtype=torch.float64)
+    call = {
+        "from_samples": lambda p, q: kl_estimates_from_samples(torch.zeros(1, 2, dtype=torch.long),
+                                                               p, q),
+        "moments": kl_estimator_moments,
+        "monte_carlo": lambda p, q: monte_carlo_means(p, q, 10, torch.Generator()),
+        "bias_test": lambda p, q: bias_test(p, q, "k1", 10, torch.Generator()),
+        "mean_error_ratio": lambda p, q: mean_error_ratio(p, q, "k1"),
+    }[function]
+    with pytest.raises(ValueError, match="^p must"):
+        call(bad, good)
+    with pytest.raises(ValueError, match="^q must"):
+        call(good, bad)
+    if function in ("from_samples", "moments"):
+        with pytest.raises(ValueError, match=r"^p \(shape \(1, 2\)\) and q \(shape \(1, 3\)\)"):
+            call(good, three)
