@@ -412,3 +412,44 @@ def test_leaning_instance_is_the_random_bandit_with_a_leaning_reference():
     with pytest.raises(ValueError, match="lean"):
         dpo.leaning_instance(num_contexts=2, num_actions=3, dim=2, norm_bound=1.0, eta=0.2,
                          generator=torch.Generator(), lean=float("nan"))
+
+
+def test_weighted_pairs_equal_repeated_pairs():
+    """Weight 2 on a pair is the same objective as the pair twice; bad pairs and weights are
+    named."""
+    z, _ = _problem(9, batch=(), num_pairs=12, dim=3)
+    weights = torch.ones(12, dtype=torch.float64)
+    weights[:5] = 2.0
+    weighted = dpo.train_dpo_linear(z, eta=0.6, reg=0.4, weights=weights)
+    repeated = dpo.train_dpo_linear(torch.cat([z, z[:5]]), eta=0.6, reg=0.4)
+    assert torch.allclose(weighted.w, repeated.w, atol=1e-9)
+    for pairs, kwargs, match in [
+        (z[0], {}, r"^chosen_minus_rejected must have shape \[\.\.\., n, d\]"),
+        (z[:, :0], {}, r"^chosen_minus_rejected must have shape"),
+        (z * math.inf, {}, "^chosen_minus_rejected must be finite"),
+        (z, dict(weights=torch.ones(5)), r"^weights \(shape \(5,\)\) must broadcast"),
+        (z, dict(weights=-weights), "^weights must be finite and non-negative"),
+        (z, dict(tol=0.0), "^tol must be positive"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            dpo.train_dpo_linear(pairs, eta=0.6, reg=0.4, **kwargs)
+
+
+def test_loss_reads_numbers_and_integer_tensors_and_names_the_rest():
+    """Python numbers and integer tensors are read as float64 log-probabilities; anything else
+    is a ValueError naming the argument."""
+    value = dpo.dpo_loss(-1.0, torch.tensor([-2]), [0.0], 0, 0.5)
+    assert value.dtype == torch.float64
+    assert value.item() == pytest.approx(math.log1p(math.exp(-0.5 * 1.0)), rel=1e-14)
+    with pytest.raises(ValueError, match="^ref_rejected_logps must be a tensor"):
+        dpo.dpo_loss(0.0, 0.0, 0.0, "zero", 0.5)
+
+
+def test_bt_likelihood_identity_error_is_round_off():
+    """The DPO loss on the policy's log-probabilities is the BT likelihood of theta = eta w:
+    their difference is within the float64 bound for any w."""
+    bandit, generator = _bandit(eta=0.4)
+    data = bandit.sample_preferences(25, bandit.ref_probs, bandit.ref_probs, generator, (3,))
+    w = 3 * torch.randn(3, bandit.dim, dtype=torch.float64, generator=generator)
+    error = dpo.bt_likelihood_identity_error(bandit, data, w)
+    assert error.shape == (3, 25) and (error <= 1).all()

@@ -185,3 +185,13 @@ def test_bad_distributions_are_named(function):
     if function in ("from_samples", "moments"):
         with pytest.raises(ValueError, match=r"^p \(shape \(1, 2\)\) and q \(shape \(1, 3\)\)"):
             call(good, three)
+
+
+def test_mean_error_ratio_is_round_off_for_k1_only():
+    """E_p k1 = KL(p || q) to round-off (ratio <= 1); k2 is biased far beyond it."""
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], dtype=torch.float64)
+    q = torch.tensor([[0.2, 0.2, 0.6], [0.3, 0.3, 0.4]], dtype=torch.float64)
+    assert (mean_error_ratio(p, q, "k1") <= 1).all()
+    assert (mean_error_ratio(p, q, "k2") > 1e6).all()
+    with pytest.raises(ValueError, match="^name must be one of"):
+        mean_error_ratio(p, q, "k4")
