@@ -453,3 +453,13 @@ def test_bt_likelihood_identity_error_is_round_off():
     w = 3 * torch.randn(3, bandit.dim, dtype=torch.float64, generator=generator)
     error = dpo.bt_likelihood_identity_error(bandit, data, w)
     assert error.shape == (3, 25) and (error <= 1).all()
+
+
+def test_training_that_cannot_converge_says_so_and_bad_features_are_named():
+    z, _ = _problem(10, batch=(), num_pairs=20, dim=3)
+    with pytest.raises(RuntimeError, match="did not converge in 1 Newton steps"):
+        dpo.train_dpo_linear(z, eta=0.5, reg=0.1, max_iter=1)
+    bandit, generator = _bandit()
+    data = bandit.sample_preferences(5, bandit.ref_probs, bandit.ref_probs, generator)
+    with pytest.raises(ValueError, match=r"^features must have shape \[3, 5, d\]"):
+        dpo.offline_dpo(bandit, data, reg=1.0, features=torch.zeros(3, 4, 2))

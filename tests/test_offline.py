@@ -409,3 +409,22 @@ def test_grid_helpers_are_deterministic():
     assert one.sizes == (60,) and torch.equal(one.theta_hat[:, 0], fits.theta_hat[:, 1])
     with pytest.raises(ValueError, match="size"):
         fits.at_size(30)
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    (dict(dim=1), "^dim must be at least 2"),
+    (dict(trap_lure=0.8, trap_load=0.8), "^trap features must have norm <= 1"),
+    (dict(ref_trap_mass=0.0), r"^ref_trap_mass must be in \(0, 1\)"),
+])
+def test_trap_instance_bad_input(changes, match):
+    arguments = dict(num_contexts=2, num_actions=4, dim=3, num_traps=1, norm_bound=2.0,
+                     trap_weight=1.0, eta=0.5, generator=torch.Generator())
+    with pytest.raises(ValueError, match=match):
+        offline.trap_instance(**{**arguments, **changes})
+
+
+def test_estimates_with_incompatible_batches_are_named():
+    bandit, theta_hat, sigma = small_problem(13, batch=(2,))
+    with pytest.raises(ValueError, match="must have broadcastable leading dimensions"):
+        offline.pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat.expand(3, 2, -1)[:, 0],
+                                              sigma=sigma, beta=1.0)
