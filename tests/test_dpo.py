@@ -97,7 +97,7 @@ def test_loss_gradient_matches_the_derivative_by_hand(pc, pr, rc, rr, eta, ls, l
 ])
 def test_loss_bad_inputs(kwargs, word):
     params = dict(eta=1.0, loss_type="sigmoid", label_smoothing=0.0) | kwargs
-    with pytest.raises(ValueError, match=word):
+    with pytest.raises(ValueError, match=f"^{word}"):
         dpo.dpo_loss(torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.zeros(2), **params)
 
 
@@ -166,7 +166,7 @@ def test_batched_fit_equals_separate_fits():
 
 
 @pytest.mark.parametrize("kwargs, word", [
-    (dict(loss_type="hinge"), "hinge"),
+    (dict(loss_type="hinge"), "loss_type=.hinge. is not twice differentiable"),
     (dict(loss_type="nope"), "loss_type"),
     (dict(reg=0.0), "reg"),
     (dict(eta=-1.0), "eta"),
@@ -174,7 +174,7 @@ def test_batched_fit_equals_separate_fits():
 def test_trainer_bad_inputs(kwargs, word):
     z, _ = _problem(5)
     params = dict(eta=1.0, reg=1.0) | kwargs
-    with pytest.raises(ValueError, match=word):
+    with pytest.raises(ValueError, match=f"^{word}"):
         dpo.train_dpo_linear(z, **params)
 
 
@@ -293,7 +293,7 @@ def test_iterative_dpo_bad_inputs(kwargs, word):
     start = bandit.sample_preferences(10, bandit.ref_probs, bandit.ref_probs, generator, (2,))
     params = dict(num_iterations=1, pairs_per_iteration=5, responses_per_prompt=3,
                   selector="max_min", reg=1.0) | kwargs
-    with pytest.raises(ValueError, match=word):
+    with pytest.raises(ValueError, match=f"^{word}"):
         dpo.iterative_dpo(bandit, start, generator=generator, **params)
 
 
