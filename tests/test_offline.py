@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import gsfh_utils as gu
 from gsfh_utils import estimation, offline
+from gsfh_utils.instance import reference_policy
 
 
 def small_problem(seed, num_contexts=3, num_actions=4, dim=3, batch=(), scale=2.0, eta=0.5):
@@ -388,8 +389,9 @@ def test_evaluate_offline_against_the_gap_identity():
             bonus * optimal * bandit.context_probs.unsqueeze(-1)).sum((-1, -2)))
         v = torch.einsum("x,xk,xkd->d", bandit.context_probs, optimal, diffs)
         norm = torch.einsum("i,...ij,j->...", v, inverse, v).sqrt()
-        assert torch.allclose(results["expected_bound"][name],
-                              2 * beta * norm + results["duality_gap"][name])
+        assert torch.allclose(results["expected_bound"][name], 2 * beta * norm)
+        assert torch.equal(results["expected_bound"][name], offline.expected_bound(
+            bandit, optimal, sigma=fits.sigma, beta=beta) + results["duality_gap"][name])
     # the large radius puts theta = 0 inside every ellipsoid: expected pessimism returns pi0
     assert torch.allclose(results["expected"]["large"], gap(ref, 0.5), atol=1e-12)
     other = offline.evaluate_offline(trap, fits, radii={}, eta=0.1)
@@ -405,13 +407,50 @@ def test_grid_helpers_are_deterministic():
     # the bootstrap radius exists exactly at the bootstrapped size
     assert torch.isnan(fits.bootstrap_radius[:, 0]).all()
     assert (fits.bootstrap_radius[:, 1] > 0).all()
+    assert fits.trap_masses == (0.05, 0.2) and fits.sizes == (20, 60)
     one = fits.at_size(60)
-    assert one.sizes == (60,) and torch.equal(one.theta_hat[:, 0], fits.theta_hat[:, 1])
+    assert one.sizes == (60,) and one.trap_masses == fits.trap_masses
+    for field in ("theta_hat", "sigma", "error_sigma", "error_euclid", "bootstrap_radius"):
+        assert torch.equal(getattr(one, field), getattr(fits, field)[:, 1:].clone())
+    assert torch.equal(fits.at_size(20).theta_hat, fits.theta_hat[:, :1])
     with pytest.raises(ValueError, match="size"):
         fits.at_size(30)
 
 
+def test_trap_instance_from_its_docstring():
+    """Rebuilt from the docstring's recipe on the same stream (u, then the ordinary directions
+    and radii, then pi0 of the family rescaled so that the traps hold ref_trap_mass); dim = 2
+    is allowed."""
+    trap = offline.trap_instance(num_contexts=3, num_actions=4, dim=2, num_traps=1,
+                                 norm_bound=2.0, trap_weight=1.2, eta=0.5,
+                                 generator=torch.Generator().manual_seed(5), ref_trap_mass=0.3)
+    generator = torch.Generator().manual_seed(5)
+    u = torch.randn(1, dtype=torch.float64, generator=generator)
+    u = u / u.abs()
+    ordinary = torch.randn(3, 4, 1, dtype=torch.float64, generator=generator)
+    ordinary = ordinary / ordinary.abs()
+    radius = 0.5 + 0.5 * torch.rand(3, 4, 1, dtype=torch.float64, generator=generator)
+    probs = reference_policy("softmax", num_contexts=3, num_actions=4, generator=generator)
+    features = torch.zeros(3, 4, 2, dtype=torch.float64)
+    ref = torch.zeros(3, 4, dtype=torch.float64)
+    for x in range(3):
+        features[x, 0] = torch.tensor([0.6 * u.item(), 0.8])  # the trap
+        features[x, 1:, 0] = (radius[x, 1:] * ordinary[x, 1:]).flatten()
+        ref[x, 0] = 0.3
+        ref[x, 1:] = 0.7 * probs[x, 1:] / probs[x, 1:].sum()
+    assert torch.allclose(trap.bandit.features, features, atol=1e-15)
+    assert torch.allclose(trap.bandit.ref_probs, ref, atol=1e-15)
+    assert torch.allclose(trap.bandit.theta_star,
+                          torch.tensor([math.sqrt(4 - 1.44) * u.item(), -1.2],
+                                       dtype=torch.float64), atol=1e-15)
+
+
 @pytest.mark.parametrize(("changes", "match"), [
+    (dict(trap_weight=0.0), r"^trap_weight must be in \(0, norm_bound\)"),
+    (dict(trap_lure=0.7, trap_load=0.8), "^trap features must have norm <= 1"),
+    (dict(trap_lure=0.8, trap_load=0.7), "^trap features must have norm <= 1"),
+    (dict(ref_trap_mass=1.0), r"^ref_trap_mass must be in \(0, 1\)"),
+    (dict(ref_trap_mass=1.5), r"^ref_trap_mass must be in \(0, 1\)"),
     (dict(dim=1), "^dim must be at least 2"),
     (dict(trap_lure=0.8, trap_load=0.8), "^trap features must have norm <= 1"),
     (dict(ref_trap_mass=0.0), r"^ref_trap_mass must be in \(0, 1\)"),
