@@ -36,7 +36,8 @@ mutate: $(STAMP)
 	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/python -m pip install "mutmut>=3.3,<4"
 	mkdir -p build
 	for module in $(MUTATED_MODULES); do \
-		nice -n 10 $(BIN)/mutmut run --max-children 2 "gsfh_utils.$$module.*" \
+		HYPOTHESIS_PROFILE=mutation nice -n 10 $(BIN)/mutmut run --max-children 2 \
+			"gsfh_utils.$$module.*" \
 			> build/mutmut-$$module.log || exit 1; \
 	done
 	$(BIN)/python benchmarks/mutation_summary.py
