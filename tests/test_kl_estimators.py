@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -93,11 +94,11 @@ def test_monte_carlo_means():
 
 def test_bad_inputs():
     p = torch.tensor([0.5, 0.5], dtype=torch.float64)
-    with pytest.raises(ValueError, match="q must be positive"):
+    with pytest.raises(ValueError, match=r"^q must be positive wherever p is \(otherwise KL\(p"):
         kl_estimator_moments(p, torch.tensor([1.0, 0.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="samples"):
         kl_estimates_from_samples(torch.tensor([0.0, 1.0]), p, p)
-    with pytest.raises(ValueError, match="log_p"):
+    with pytest.raises(ValueError, match=r"^log_p must be finite at samples of p \(a sample"):
         kl_estimates(torch.tensor([-math.inf]), torch.tensor([0.0]))
 
 
@@ -116,7 +117,8 @@ def test_bias_test_against_a_direct_chebyshev_computation():
         z = (mean - gu.kl_divergence(p, q)).abs() / (
             kl_estimator_moments(p, q)[name][1] / 20000).sqrt()
         assert result.p_value == pytest.approx(min(1.0, float((1 / z**2).max())), rel=1e-9)
-    assert bias_test(p, q, "k2", 20000, torch.Generator().manual_seed(4)).p_value < 0.01
+    detected = bias_test(p, q, "k2", 20000, torch.Generator().manual_seed(4))
+    assert detected.p_value < 0.01 and "in every one of 3 rows" in detected.test
     assert bias_test(p, q, "k1", 20000, torch.Generator().manual_seed(4)).p_value > 0.01
     with pytest.raises(ValueError, match="name"):
         bias_test(p, q, "k4", 10, torch.Generator())
@@ -129,9 +131,9 @@ def test_python_numbers_are_read_in_float64():
     values = kl_estimates([math.log(0.1)], [math.log(0.2)])
     assert values["k1"].dtype == torch.float64
     assert abs(values["k1"].item() - math.log(0.5)) <= 4 * EPS
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="^log_p and log_q must not contain NaN$"):
         kl_estimates([0.0], [math.nan])
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="^log_p and log_q must not contain NaN$"):
         kl_estimates([math.nan], [0.0])
 
 
@@ -147,13 +149,22 @@ def test_batched_samples_pick_their_own_rows():
     assert torch.allclose(k1, torch.tensor(expected, dtype=torch.float64), rtol=1e-14)
     with pytest.raises(ValueError, match=r"samples must be integer indices of shape \[\(2,\), n\]"):
         kl_estimates_from_samples(samples[:1], p, q)
+    # two batch dimensions [2, 2, 3]: each (i, j) row of samples indexes row (i, j)
+    p3, q3 = torch.stack([p, p.flip(0)]), torch.stack([q, q.flip(0)])
+    samples3 = torch.stack([samples, samples.flip(0)])
+    k1 = kl_estimates_from_samples(samples3, p3, q3)["k1"]
+    assert torch.allclose(k1, torch.stack([k1[0], k1[0].flip(0)]))
+    assert torch.allclose(k1[0], torch.tensor(expected, dtype=torch.float64), rtol=1e-14)
+    message = re.escape("samples must be integer indices of shape [(2, 2), n]")
+    with pytest.raises(ValueError, match=f"^{message}"):
+        kl_estimates_from_samples(samples, p3, q3)
 
 
 def test_monte_carlo_means_and_their_standardised_errors_by_hand():
     """The means of the draws' estimates (draws replayed from the same seed) and their distance
     to the exact means in standard errors sqrt(variance / n)."""
-    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], dtype=torch.float64)
-    q = torch.tensor([[0.2, 0.2, 0.6], [0.3, 0.3, 0.4]], dtype=torch.float64)
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], dtype=torch.float64).expand(2, 2, 3)
+    q = torch.tensor([[0.2, 0.2, 0.6], [0.3, 0.3, 0.4]], dtype=torch.float64).expand(2, 2, 3)
     means, errors = monte_carlo_means(p, q, 500, torch.Generator().manual_seed(0))
     draws = sample_categorical(p, 500, torch.Generator().manual_seed(0))
     moments = kl_estimator_moments(p, q)
@@ -193,5 +204,16 @@ def test_mean_error_ratio_is_round_off_for_k1_only():
     q = torch.tensor([[0.2, 0.2, 0.6], [0.3, 0.3, 0.4]], dtype=torch.float64)
     assert (mean_error_ratio(p, q, "k1") <= 1).all()
     assert (mean_error_ratio(p, q, "k2") > 1e6).all()
+    # the value by hand, p with a zero: |E k2 - KL| / ((K + 8) u sum_a p (|log p/q| + q/p + 1))
+    p0 = [0.0, 0.4, 0.6]
+    q0 = [0.2, 0.3, 0.5]
+    terms = [(a, b) for a, b in zip(p0, q0, strict=True) if a > 0]
+    kl = sum(a * math.log(a / b) for a, b in terms)
+    k2 = sum(a * math.log(a / b) ** 2 / 2 for a, b in terms)
+    magnitude = sum(a * (abs(math.log(a / b)) + b / a + 1) for a, b in terms)
+    expected = abs(k2 - kl) / ((3 + 8) * 2.0**-53 * magnitude)
+    value = mean_error_ratio(torch.tensor(p0, dtype=torch.float64),
+                             torch.tensor(q0, dtype=torch.float64), "k2")
+    assert value.item() == pytest.approx(expected, rel=1e-9)
     with pytest.raises(ValueError, match="^name must be one of"):
         mean_error_ratio(p, q, "k4")
