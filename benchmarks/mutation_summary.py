@@ -1,9 +1,9 @@
 """Score per module of the last ``make mutate`` run, read from mutmut's records in mutants/.
 
-Prints a Markdown table (killed, survived, no test, timeout, score = killed / (killed +
-survived)) and, with ``--survivors``, the name of every surviving mutant (``mutmut show NAME``
-prints its diff). Mutants that no selected test reaches ("no test") are listed apart: mutmut's
-per-function selection found no unit test calling the function (notebook-only code).
+Prints a Markdown table: killed, survived, no test, timeout, and the score = detected /
+(detected + survived), a mutant being detected when a test fails or times out on it. With
+``--survivors``, the name of every surviving mutant (``mutmut show NAME`` prints its diff).
+"No test" counts mutants of functions that no selected unit test calls (notebook-only code).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def main() -> None:
         statuses = module_statuses(args.root, module)
         counts = Counter(statuses.values())
         killed = counts["killed"] + counts["caught by type check"]
-        tested = killed + counts["survived"]
-        score = f"{100 * killed / tested:.1f}%" if tested else "-"
+        tested = killed + counts["timeout"] + counts["survived"]
+        score = f"{100 * (killed + counts['timeout']) / tested:.1f}%" if tested else "-"
         print(f"| {module} | {len(statuses)} | {killed} | {counts['survived']} | "
               f"{counts['no tests']} | {counts['timeout']} | {counts['not checked']} | {score} |")
         survivors += sorted(name for name, status in statuses.items() if status == "survived")
