@@ -279,6 +279,33 @@ def test_run_online_against_its_definition():
     assert (runs["on_policy"].gamma == 0).all() and (runs["offline"].gamma == 0).all()
 
 
+def test_run_online_enhancer_replays_enhancer_policy():
+    """The enhancer method's second policy of each batch is enhancer_policy on that batch's main
+    agent and Sigma, with the search settings passed through: replayed here from the same
+    stream, batch after batch (the enhancer's draws, then the pairs'). The defaults of
+    run_online are the enhancer's (8 random directions, 2 refinements)."""
+    instance = small_instance()
+    search = dict(num_random_directions=3, num_refinements=1, scales=(0.5, 2.0, 8.0))
+    run = online.run_online(instance, method="enhancer", num_batches=3, batch_size=6,
+                            num_seeds=2, beta=4.0, reg=1.0,
+                            generator=torch.Generator().manual_seed(7), **search)
+    generator = torch.Generator().manual_seed(7)
+    for t in range(3):
+        main = run.main_policies[t]
+        second = online.enhancer_policy(instance, main, sigma=run.sigma[t], beta=4.0,
+                                        generator=generator, **search).policy
+        assert torch.allclose(run.second_policies[t], second, atol=1e-12)
+        pairs = instance.sample_preferences(6, main, second, generator, (2,))
+        assert torch.equal(run.data.first_actions[:, 6 * t: 6 * (t + 1)], pairs.first_actions)
+        assert torch.equal(run.data.second_actions[:, 6 * t: 6 * (t + 1)], pairs.second_actions)
+    arguments = dict(method="enhancer", num_batches=1, batch_size=4, num_seeds=2, beta=4.0,
+                     reg=1.0)
+    defaults = online.run_online(instance, **arguments, generator=torch.Generator().manual_seed(0))
+    explicit = online.run_online(instance, **arguments, generator=torch.Generator().manual_seed(0),
+                                 num_random_directions=8, num_refinements=2)
+    assert torch.equal(defaults.second_policies, explicit.second_policies)
+
+
 def test_run_online_uses_its_batch_size_and_ridge():
     """batch_size sets the pairs per batch; reg enters both the MLE and Sigma_0 = reg I, as a
     direct computation on the collected data predicts."""
@@ -370,6 +397,11 @@ def test_run_online_rejects_initial_data_of_wrong_batch():
     with pytest.raises(ValueError, match=r"^initial_data must have batch shape \[2\], got \(3,\)"):
         online.run_online(instance, method="enhancer", num_batches=1, batch_size=5, num_seeds=2,
                           beta=1.0, reg=1.0, generator=generator, initial_data=offline)
+    nested = instance.sample_preferences(5, instance.ref_probs, instance.ref_probs, generator,
+                                         (2, 3))
+    with pytest.raises(ValueError, match=r"^initial_data must have batch shape \[2\], got \(2, 3"):
+        online.run_online(instance, method="enhancer", num_batches=1, batch_size=5, num_seeds=2,
+                          beta=1.0, reg=1.0, generator=generator, initial_data=nested)
     other = small_instance(dim=6)
     with pytest.raises(ValueError, match=f"^initial_data must have {other.dim} features"):
         online.run_online(other, method="enhancer", num_batches=1, batch_size=5, num_seeds=3,
@@ -415,6 +447,11 @@ def test_elliptical_potentials_with_initial_sigma():
         online.elliptical_potentials(torch.zeros(2), 1.0)
     with pytest.raises(ValueError, match="^reg must"):
         online.elliptical_potentials(z, 0.0)
+    # one sequence [n, d] and two batch dimensions [2, 3, n, d] give the same potentials
+    assert torch.allclose(online.elliptical_potentials(z[0], 1.0, sigma0), potentials[0])
+    nested = online.elliptical_potentials(torch.stack([z, z.flip(0)]), 1.0, sigma0)
+    assert nested.shape == (2, 3, 6)
+    assert torch.allclose(nested, torch.stack([potentials, potentials.flip(0)]))
 
 
 def test_log_det_bound_closed_form():
