@@ -15,6 +15,7 @@ from scipy.optimize import minimize
 import gsfh_utils as gu
 from gsfh_utils import dpo
 from gsfh_utils.estimation import fit_bt_mle
+from gsfh_utils.sampling import sample_categorical
 
 finite = st.floats(-30, 30, allow_nan=False, allow_infinity=False)
 positive_eta = st.floats(1e-3, 1e3)
@@ -280,6 +281,43 @@ def test_iterative_dpo_runs_and_is_reproducible():
         expected = dpo.linear_policy(previous, features=bandit.features, w=fit.w)
         assert torch.allclose(moving.policies[t], expected, atol=1e-9)
         previous = expected
+
+
+@pytest.mark.parametrize("selector", ["max_min", "max_random"])
+def test_iterative_dpo_replays_its_docstring(selector):
+    """The loop written out from the docstring on the same stream: DPO on all data so far (the
+    Gibbs policy of the MLE, fixed reference), prompts from d0, n responses from the policy,
+    scored by eta log(pi / pi0) (the MLE reward up to a constant per prompt), a pair by the
+    selector, Bradley-Terry labels from r*; the policies and the collected data must agree."""
+    bandit, generator = _bandit(seed=11)
+    start = bandit.sample_preferences(15, bandit.ref_probs, bandit.ref_probs, generator, (2,))
+    result = dpo.iterative_dpo(bandit, start, num_iterations=2, pairs_per_iteration=6,
+                               responses_per_prompt=3, selector=selector, reg=0.5,
+                               generator=torch.Generator().manual_seed(2))
+    replay = torch.Generator().manual_seed(2)
+    data = start
+    for t in range(3):
+        policy = dpo.mle_gibbs_policy(bandit, data, reg=0.5)
+        assert torch.allclose(result.policies[t], policy, atol=1e-8)
+        assert result.num_pairs[t] == len(data)
+        if t == 2:
+            break
+        contexts = bandit.sample_contexts(6, replay, (2,))
+        responses = sample_categorical(policy[torch.arange(2)[:, None], contexts], 3, replay)
+        scores = bandit.eta * torch.log(policy / bandit.ref_probs)
+        scores = scores[torch.arange(2)[:, None, None], contexts[..., None], responses]
+        first_pos, second_pos = dpo.select_pairs(scores, selector, replay)
+        first = responses.gather(-1, first_pos[..., None]).squeeze(-1)
+        second = responses.gather(-1, second_pos[..., None]).squeeze(-1)
+        rewards = bandit.rewards()
+        margin = rewards[contexts, first] - rewards[contexts, second]
+        labels = (torch.rand(margin.shape, dtype=torch.float64, generator=replay)
+                  < torch.sigmoid(margin)).to(torch.float64)
+        new = gu.Preferences(contexts, first, second, labels,
+                             bandit.features[contexts, first] - bandit.features[contexts, second])
+        data = data.concat(new)
+    for name in ("contexts", "first_actions", "second_actions", "labels", "feature_diffs"):
+        assert torch.equal(getattr(result.data, name), getattr(data, name))
 
 
 @pytest.mark.parametrize("kwargs, word", [
