@@ -68,6 +68,34 @@ def enhancer_problem(seed, beta=5.0, eta=0.1, num=4):
     return instance, main, sigma, generator
 
 
+def test_enhancer_draws_only_from_its_generator():
+    """The random directions come from the generator passed in, not the global RNG."""
+    instance, main, sigma, _ = enhancer_problem(8, beta=3.0, eta=0.2)
+    results = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        results.append(online.enhancer_policy(
+            instance, main, sigma=sigma, beta=3.0, generator=torch.Generator().manual_seed(0),
+            num_random_directions=16, num_refinements=0).policy)
+    assert torch.equal(*results)
+
+
+def test_policy_uncertainty_with_two_batch_dimensions():
+    """Gamma for policies [2, 3, X, K] with one Sigma per entry, against a loop of solves."""
+    instance, _, _, generator = enhancer_problem(9)
+    policies = torch.softmax(torch.randn(2, 3, 3, 5, dtype=torch.float64, generator=generator), -1)
+    main = torch.softmax(torch.randn(2, 3, 3, 5, dtype=torch.float64, generator=generator), -1)
+    sigma = random_sigma(6, instance.dim, generator).reshape(2, 3, instance.dim, instance.dim)
+    gamma = online.policy_uncertainty(instance, policies, main=main, sigma=sigma, beta=2.0)
+    assert gamma.shape == (2, 3)
+    for i in range(2):
+        for j in range(3):
+            diff = (mean_features(main[i, j], instance.features, instance.context_probs)
+                    - mean_features(policies[i, j], instance.features, instance.context_probs))
+            expected = 2.0 * torch.sqrt(diff @ torch.linalg.solve(sigma[i, j], diff))
+            assert gamma[i, j].item() == pytest.approx(expected.item(), rel=1e-10)
+
+
 @given(st.integers(0, 10**6), st.floats(0.05, 50.0), st.floats(0.01, 10.0))
 def test_enhancer_satisfies_budget(seed, beta, eta):
     instance, main, sigma, generator = enhancer_problem(seed, beta, eta)
@@ -152,6 +180,17 @@ def test_enhancer_result_is_the_tilt_it_names():
 
 def test_enhancer_bad_input():
     instance, main, sigma, generator = enhancer_problem(0)
+    for counts in (dict(num_random_directions=-1), dict(num_refinements=-1)):
+        with pytest.raises(ValueError, match="^num_random_directions and num_refinements must"):
+            online.enhancer_policy(instance, main, sigma=sigma, beta=1.0, generator=generator,
+                                   **counts)
+    with pytest.raises(ValueError, match=r"^main must have shape \[S, X, K\] with \[X, K\] = "
+                                         r"\(3, 5\), got \(4, 3, 6\)"):
+        online.enhancer_policy(instance, torch.full((4, 3, 6), 1 / 6, dtype=torch.float64),
+                               sigma=sigma, beta=1.0, generator=generator)
+    with pytest.raises(ValueError, match="^scales must be"):
+        online.enhancer_policy(instance, main, sigma=sigma, beta=1.0, generator=generator,
+                               scales=(0.0, 1.0))
     with pytest.raises(ValueError, match="beta"):
         online.enhancer_policy(instance, main, sigma=sigma, beta=0.0, generator=generator)
     with pytest.raises(ValueError, match="scales"):
