@@ -440,6 +440,20 @@ def test_trap_instance_from_its_docstring():
         ref[x, 1:] = 0.7 * probs[x, 1:] / probs[x, 1:].sum()
     assert torch.allclose(trap.bandit.features, features, atol=1e-15)
     assert torch.allclose(trap.bandit.ref_probs, ref, atol=1e-15)
+    # the zipf family with its exponent (default 1) passed through, before the rescaling
+    for exponent in (1.0, 2.5):
+        arguments = dict(num_contexts=3, num_actions=4, dim=2, num_traps=1, norm_bound=2.0,
+                         trap_weight=1.2, eta=0.5, reference="zipf")
+        zipf = offline.trap_instance(**arguments, generator=torch.Generator().manual_seed(6),
+                                     **({"zipf_exponent": exponent} if exponent != 1.0 else {}))
+        replay = torch.Generator().manual_seed(6)
+        torch.randn(1, dtype=torch.float64, generator=replay)
+        torch.randn(3, 4, 1, dtype=torch.float64, generator=replay)
+        torch.rand(3, 4, 1, dtype=torch.float64, generator=replay)
+        probs = reference_policy("zipf", num_contexts=3, num_actions=4, generator=replay,
+                                 exponent=exponent)
+        ordinary = probs[:, 1:] / probs[:, 1:].sum(-1, keepdim=True)
+        assert torch.allclose(zipf.bandit.ref_probs[:, 1:], 0.8 * ordinary, atol=1e-15)
     assert torch.allclose(trap.bandit.theta_star,
                           torch.tensor([math.sqrt(4 - 1.44) * u.item(), -1.2],
                                        dtype=torch.float64), atol=1e-15)
@@ -447,6 +461,9 @@ def test_trap_instance_from_its_docstring():
 
 @pytest.mark.parametrize(("changes", "match"), [
     (dict(trap_weight=0.0), r"^trap_weight must be in \(0, norm_bound\)"),
+    (dict(trap_weight=2.0), r"^trap_weight must be in \(0, norm_bound\)"),
+    (dict(num_contexts=0), "^num_contexts must"), (dict(num_actions=0), "^num_actions must"),
+    (dict(dim=0), "^dim must"), (dict(num_traps=0), "^num_traps must"),
     (dict(trap_lure=0.7, trap_load=0.8), "^trap features must have norm <= 1"),
     (dict(trap_lure=0.8, trap_load=0.7), "^trap features must have norm <= 1"),
     (dict(ref_trap_mass=1.0), r"^ref_trap_mass must be in \(0, 1\)"),
