@@ -484,3 +484,11 @@ def test_estimates_with_incompatible_batches_are_named():
     with pytest.raises(ValueError, match="must have broadcastable leading dimensions"):
         offline.pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat.expand(3, 2, -1)[:, 0],
                                               sigma=sigma, beta=1.0)
+
+
+def test_a_radius_that_does_not_broadcast_is_named():
+    bandit, theta_hat, sigma = small_problem(14, batch=(2,))
+    for function in (offline.pointwise_pessimistic_rewards,
+                     offline.expected_pessimism_mirror_ascent):
+        with pytest.raises(ValueError, match=r"^beta \(shape \(5,\)\) must broadcast"):
+            function(bandit, theta_hat=theta_hat, sigma=sigma, beta=torch.ones(5))

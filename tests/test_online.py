@@ -191,7 +191,7 @@ def test_enhancer_bad_input():
     with pytest.raises(ValueError, match="^scales must be"):
         online.enhancer_policy(instance, main, sigma=sigma, beta=1.0, generator=generator,
                                scales=(0.0, 1.0))
-    with pytest.raises(ValueError, match="beta"):
+    with pytest.raises(ValueError, match="^beta must"):
         online.enhancer_policy(instance, main, sigma=sigma, beta=0.0, generator=generator)
     with pytest.raises(ValueError, match="scales"):
         online.enhancer_policy(instance, main, sigma=sigma, beta=1.0, generator=generator,
