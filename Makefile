@@ -7,7 +7,7 @@ RUNNER := $(BIN)/python -m gsfh_utils.lab.runner
 PROFILE ?= full
 SPEC ?= sweeps/quick.yaml
 
-.PHONY: install reproduce test notebook lab lint benchmark sweep clean
+.PHONY: install reproduce test test-thorough mutate notebook lab lint benchmark sweep clean
 
 install: $(STAMP)
 
@@ -24,6 +24,25 @@ reproduce: $(STAMP)
 ## Unit and property tests, plus every notebook at the small profile.
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## Unit and property tests only, with ten times more (randomised) hypothesis examples.
+test-thorough: $(STAMP)
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -m "not notebook"
+
+## Mutation testing of the algorithm modules with mutmut (configuration in pyproject.toml), one
+## module at a time at low priority; prints the score per module and the surviving mutants
+## (summarised in benchmarks/mutation.md). Results are kept in mutants/ and reused.
+MUTATED_MODULES := kl_estimators online offline dpo gibbs estimation sampling instance \
+	policy_optimization out_of_preference
+mutate: $(STAMP)
+	$(BIN)/python -c "import mutmut" 2>/dev/null || $(BIN)/python -m pip install "mutmut>=3.3,<4"
+	mkdir -p build
+	for module in $(MUTATED_MODULES); do \
+		HYPOTHESIS_PROFILE=mutation nice -n 10 $(BIN)/mutmut run --max-children 2 \
+			"gsfh_utils.$$module.*" \
+			> build/mutmut-$$module.log || exit 1; \
+	done
+	$(BIN)/python benchmarks/mutation_summary.py
 
 ## One notebook: make notebook NB=03 [PROFILE=small] [ARGS="-p batch_size 50 --explore"]
 notebook: $(STAMP)
@@ -44,4 +63,4 @@ benchmark: $(STAMP)
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf build .pytest_cache .hypothesis .ruff_cache
+	rm -rf build .pytest_cache .hypothesis .ruff_cache .coverage mutants

@@ -2,7 +2,11 @@
 
 Hypothesis runs under the "ci" profile by default: no deadline (the first call of a torch op can
 be slow), a modest number of examples, and derandomised so that two runs test the same examples.
-``HYPOTHESIS_PROFILE=dev`` explores more (randomised) examples locally.
+``HYPOTHESIS_PROFILE=dev`` explores more (randomised) examples locally;
+``HYPOTHESIS_PROFILE=thorough`` (``make test-thorough``) runs ten times the examples of every
+property test, randomised; ``make mutate`` runs the ``mutation`` profile (10 examples). Tests
+that cap their examples (a costly solve per example) do so with ``examples(n)``, which follows
+the profile.
 
 Strategies build float64 problems ``[B, K]`` (B rows of contexts, K actions) with reference
 policies that may put zero mass on some actions (actions outside the support of pi0), rewards
@@ -25,7 +29,23 @@ torch.set_num_threads(1)
 
 settings.register_profile("ci", deadline=None, max_examples=60, derandomize=True, database=None)
 settings.register_profile("dev", deadline=None, max_examples=500)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+settings.register_profile("thorough", deadline=None, max_examples=600, database=None)
+# make mutate: every mutant reruns the property tests that call its function, so they run few
+# (derandomised) examples there.
+settings.register_profile("mutation", deadline=None, max_examples=10, derandomize=True,
+                          database=None)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
+settings.load_profile(PROFILE)
+#: How many times more examples the thorough profile runs than the ci profile.
+THOROUGH_FACTOR = 10
+
+
+def examples(count: int):
+    """``@settings(max_examples=count)`` under the ci profile, ten times more when thorough, at
+    most the mutation profile's number under make mutate."""
+    if PROFILE == "mutation":
+        count = min(count, settings().max_examples)
+    return settings(max_examples=count * (THOROUGH_FACTOR if PROFILE == "thorough" else 1))
 
 #: Machine epsilon of float64; the round-off tolerances of the tests are multiples of it.
 EPS = torch.finfo(torch.float64).eps

@@ -8,13 +8,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
 import gsfh_utils as gu
 from gsfh_utils import dpo
 from gsfh_utils.estimation import fit_bt_mle
+from gsfh_utils.sampling import sample_categorical
 
 finite = st.floats(-30, 30, allow_nan=False, allow_infinity=False)
 positive_eta = st.floats(1e-3, 1e3)
@@ -63,21 +64,27 @@ def test_loss_is_exported_and_broadcasts():
     assert torch.allclose(out, torch.full((3, 4), math.log(2), dtype=out.dtype))
 
 
-def test_loss_gradient_matches_finite_differences():
-    generator = torch.Generator().manual_seed(0)
-    logps = torch.randn(4, 5, dtype=torch.float64, generator=generator)
-    for loss_type, ls in [("sigmoid", 0.0), ("sigmoid", 0.2), ("ipo", 0.0)]:
-        chosen = logps[0].clone().requires_grad_(True)
-        loss = dpo.dpo_loss(chosen, logps[1], logps[2], logps[3], 0.7, loss_type, ls).sum()
-        (grad,) = torch.autograd.grad(loss, chosen)
-        step = 1e-6
-        for i in range(5):
-            bump = torch.zeros(5, dtype=torch.float64)
-            bump[i] = step
-            up = dpo.dpo_loss(logps[0] + bump, logps[1], logps[2], logps[3], 0.7, loss_type, ls)
-            down = dpo.dpo_loss(logps[0] - bump, logps[1], logps[2], logps[3], 0.7, loss_type, ls)
-            assert grad[i].item() == pytest.approx(((up - down).sum() / (2 * step)).item(),
-                                                   rel=1e-6, abs=1e-8)
+@given(finite, finite, finite, finite, positive_eta, st.floats(0.0, 0.49),
+       st.sampled_from(["sigmoid", "ipo", "hinge"]))
+def test_loss_gradient_matches_the_derivative_by_hand(pc, pr, rc, rr, eta, ls, loss_type):
+    """Autograd of dpo_loss against the derivative written out by hand. With
+    h = (pc - rc) - (pr - rr), dh/dpc = dh/drr = 1 and dh/dpr = dh/drc = -1, and dloss/dh is
+    sigmoid: eta ((1 - ls)(sigmoid(eta h) - 1) + ls sigmoid(eta h)); ipo: 2 (h - 1/(2 eta));
+    hinge: -eta where eta h < 1, else 0 (away from the kink)."""
+    h = _h(pc, pr, rc, rr)
+    if loss_type == "sigmoid":
+        probability = 1 / (1 + math.exp(-eta * h)) if eta * h > -700 else 0.0
+        slope = eta * ((1 - ls) * (probability - 1) + ls * probability)
+    elif loss_type == "ipo":
+        slope = 2 * (h - 1 / (2 * eta))
+    else:
+        assume(abs(1 - eta * h) > 1e-6)
+        slope = -eta if eta * h < 1 else 0.0
+    inputs = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (pc, pr, rc, rr)]
+    loss = dpo.dpo_loss(*inputs, eta, loss_type, ls if loss_type == "sigmoid" else 0.0)
+    grads = torch.autograd.grad(loss, inputs)
+    for grad, sign in zip(grads, (1, -1, -1, 1), strict=True):
+        assert grad.item() == pytest.approx(sign * slope, rel=1e-9, abs=1e-12)
 
 
 @pytest.mark.parametrize("kwargs, word", [
@@ -91,7 +98,7 @@ def test_loss_gradient_matches_finite_differences():
 ])
 def test_loss_bad_inputs(kwargs, word):
     params = dict(eta=1.0, loss_type="sigmoid", label_smoothing=0.0) | kwargs
-    with pytest.raises(ValueError, match=word):
+    with pytest.raises(ValueError, match=f"^{word}"):
         dpo.dpo_loss(torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.zeros(2), **params)
 
 
@@ -160,7 +167,7 @@ def test_batched_fit_equals_separate_fits():
 
 
 @pytest.mark.parametrize("kwargs, word", [
-    (dict(loss_type="hinge"), "hinge"),
+    (dict(loss_type="hinge"), "loss_type=.hinge. is not twice differentiable"),
     (dict(loss_type="nope"), "loss_type"),
     (dict(reg=0.0), "reg"),
     (dict(eta=-1.0), "eta"),
@@ -168,7 +175,7 @@ def test_batched_fit_equals_separate_fits():
 def test_trainer_bad_inputs(kwargs, word):
     z, _ = _problem(5)
     params = dict(eta=1.0, reg=1.0) | kwargs
-    with pytest.raises(ValueError, match=word):
+    with pytest.raises(ValueError, match=f"^{word}"):
         dpo.train_dpo_linear(z, **params)
 
 
@@ -262,7 +269,55 @@ def test_iterative_dpo_runs_and_is_reproducible():
                           atol=1e-12)
     moving = dpo.iterative_dpo(bandit, start, **loop, selector="random", generator=generator,
                                reference="previous")
-    assert torch.isfinite(moving.policies).all()
+    # with reference="previous", pi_t ∝ pi_{t-1} exp(<w_t, phi>), w_t the DPO fit on the
+    # first num_pairs[t] comparisons against pi_{t-1}: recomputed from the collected data
+    previous = bandit.ref_probs
+    for t, size in enumerate(moving.num_pairs):
+        prefix = gu.Preferences(*(getattr(moving.data, name)[..., :size] for name in (
+            "contexts", "first_actions", "second_actions", "labels")),
+            moving.data.feature_diffs[..., :size, :])
+        signs = (2 * prefix.labels - 1).unsqueeze(-1)
+        fit = dpo.train_dpo_linear(signs * prefix.feature_diffs, eta=bandit.eta, reg=1.0)
+        expected = dpo.linear_policy(previous, features=bandit.features, w=fit.w)
+        assert torch.allclose(moving.policies[t], expected, atol=1e-9)
+        previous = expected
+
+
+@pytest.mark.parametrize("selector", ["max_min", "max_random"])
+def test_iterative_dpo_replays_its_docstring(selector):
+    """The loop written out from the docstring on the same stream: DPO on all data so far (the
+    Gibbs policy of the MLE, fixed reference), prompts from d0, n responses from the policy,
+    scored by eta log(pi / pi0) (the MLE reward up to a constant per prompt), a pair by the
+    selector, Bradley-Terry labels from r*; the policies and the collected data must agree."""
+    bandit, generator = _bandit(seed=11)
+    start = bandit.sample_preferences(15, bandit.ref_probs, bandit.ref_probs, generator, (2,))
+    result = dpo.iterative_dpo(bandit, start, num_iterations=2, pairs_per_iteration=6,
+                               responses_per_prompt=3, selector=selector, reg=0.5,
+                               generator=torch.Generator().manual_seed(2))
+    replay = torch.Generator().manual_seed(2)
+    data = start
+    for t in range(3):
+        policy = dpo.mle_gibbs_policy(bandit, data, reg=0.5)
+        assert torch.allclose(result.policies[t], policy, atol=1e-8)
+        assert result.num_pairs[t] == len(data)
+        if t == 2:
+            break
+        contexts = bandit.sample_contexts(6, replay, (2,))
+        responses = sample_categorical(policy[torch.arange(2)[:, None], contexts], 3, replay)
+        scores = bandit.eta * torch.log(policy / bandit.ref_probs)
+        scores = scores[torch.arange(2)[:, None, None], contexts[..., None], responses]
+        first_pos, second_pos = dpo.select_pairs(scores, selector, replay)
+        first = responses.gather(-1, first_pos[..., None]).squeeze(-1)
+        second = responses.gather(-1, second_pos[..., None]).squeeze(-1)
+        rewards = bandit.rewards()
+        margin = rewards[contexts, first] - rewards[contexts, second]
+        labels = (torch.rand(margin.shape, dtype=torch.float64, generator=replay)
+                  < torch.sigmoid(margin)).to(torch.float64)
+        new = gu.Preferences(contexts, first, second, labels,
+                             bandit.features[contexts, first] - bandit.features[contexts, second])
+        data = data.concat(new)
+    for name in ("contexts", "first_actions", "second_actions", "labels", "feature_diffs"):
+        assert torch.equal(getattr(result.data, name), getattr(data, name))
 
 
 @pytest.mark.parametrize("kwargs, word", [
@@ -276,23 +331,27 @@ def test_iterative_dpo_bad_inputs(kwargs, word):
     start = bandit.sample_preferences(10, bandit.ref_probs, bandit.ref_probs, generator, (2,))
     params = dict(num_iterations=1, pairs_per_iteration=5, responses_per_prompt=3,
                   selector="max_min", reg=1.0) | kwargs
-    with pytest.raises(ValueError, match=word):
+    with pytest.raises(ValueError, match=f"^{word}"):
         dpo.iterative_dpo(bandit, start, generator=generator, **params)
 
 
-def test_rso_dpo_and_frontier():
+def test_gibbs_frontier_against_the_gibbs_family_by_hand():
+    """F(k) is the reward of the Gibbs policy pi_s ∝ pi0 exp(r*/s) whose KL is k: for a few
+    coefficients s, pi_s, its mean KL and its mean reward are written out with numpy, and F at
+    that KL must return that reward; beyond the largest reachable KL, F is the best reward."""
     bandit, generator = _bandit()
-    data = bandit.sample_preferences(30, bandit.ref_probs, bandit.ref_probs, generator, (2,))
-    policy = dpo.rso_dpo(bandit, data, reg=1.0, num_pairs=20, pool_size=8, generator=generator)
-    assert policy.shape == (2, 3, 5)
-    assert torch.allclose(policy.sum(-1), torch.ones(2, 3, dtype=torch.float64))
-    optimal = bandit.optimal_policy()
-    kl_star = (gu.kl_divergence(optimal, bandit.ref_probs) * bandit.context_probs).sum()
-    reward_star = ((optimal * bandit.rewards()).sum(-1) * bandit.context_probs).sum()
-    assert dpo.gibbs_frontier_reward(bandit, kl_star).item() == pytest.approx(
-        reward_star.item(), abs=1e-9)
-    frontier = dpo.gibbs_frontier_reward(bandit, torch.tensor([0.0, 0.1, 0.3, 0.6]))
-    assert (frontier.diff() > 0).all()
+    ref, rewards, weights = (t.numpy() for t in (bandit.ref_probs, bandit.rewards(),
+                                                 bandit.context_probs))
+    kls, values = [], []
+    for s in (0.05, 0.3, 2.0):
+        unnormalised = ref * np.exp(rewards / s)
+        policy = unnormalised / unnormalised.sum(-1, keepdims=True)
+        kls.append(float((weights * (policy * np.log(policy / ref)).sum(-1)).sum()))
+        values.append(float((weights * (policy * rewards).sum(-1)).sum()))
+    frontier = dpo.gibbs_frontier_reward(bandit, torch.tensor(kls))
+    assert np.allclose(frontier.numpy(), values, rtol=1e-7, atol=0)  # bisection on the KL
+    best = float((weights * rewards.max(-1)).sum())
+    assert dpo.gibbs_frontier_reward(bandit, 1e3).item() == pytest.approx(best, abs=1e-9)
     # no policy lies above the frontier at its own KL
     policies = gu.random_policies(bandit.ref_probs, 50, generator).transpose(0, 1)
     kl = (gu.kl_divergence(policies, bandit.ref_probs) * bandit.context_probs).sum(-1)
@@ -318,14 +377,58 @@ def test_rso_dpo_moves_towards_the_reward_model():
     assert policy[0, 0, 0] > 0.5 > 1 / 3
 
 
+def test_rso_dpo_against_a_hand_labelled_pair_set():
+    """Two responses with phi = 0 and 1 and uniform pi0; 2000 comparisons prefer response 1, so
+    the reward model's margin is theta_rm with 2000 sigmoid(-theta_rm) = reg theta_rm (about
+    9.9: every synthetic label says "1 beats 0" with probability 1 - 5e-5). With a pool of two,
+    RSO keeps both responses, so the synthetic pair set is n' copies of (chosen 1, rejected 0)
+    plus pairs of a response with itself (z = 0, no effect), n' unknown. DPO on it is solved by
+    hand: theta = eta log(pi(1)/pi(0)) satisfies n' sigmoid(-theta) = reg theta, so
+    n' = reg theta (1 + e^theta) must be a whole number between 1 and num_pairs. Labels flipped
+    anywhere (the pair order, the comparison with the uniforms, the margin's sign) make
+    theta < 0 and n' negative."""
+    eta, reg, num_pairs = 0.5, 0.01, 40
+    features = torch.tensor([[[0.0], [1.0]]], dtype=torch.float64)
+    bandit = gu.LinearBTBandit(features, torch.zeros(1, dtype=torch.float64),
+                               torch.full((1, 2), 0.5, dtype=torch.float64),
+                               torch.ones(1, dtype=torch.float64), eta)
+    first = torch.ones(1, 2000, dtype=torch.long)
+    data = gu.Preferences(torch.zeros_like(first), first, torch.zeros_like(first),
+                          torch.ones(1, 2000, dtype=torch.float64),
+                          torch.ones(1, 2000, 1, dtype=torch.float64))
+    policy = dpo.rso_dpo(bandit, data, reg=reg, num_pairs=num_pairs, pool_size=2,
+                         generator=torch.Generator().manual_seed(0), tol=1e-12)
+    theta = eta * float(policy[0, 0, 1].log() - policy[0, 0, 0].log())
+    pairs = reg * theta * (1 + math.exp(theta))
+    assert 1 <= round(pairs) <= num_pairs
+    assert pairs == pytest.approx(round(pairs), abs=1e-6)
+
+
 def test_policy_summary_and_dpo_mle_agreement():
     bandit, generator = _bandit(eta=0.4)
     data = bandit.sample_preferences(60, bandit.ref_probs, bandit.ref_probs, generator, (3,))
     summary = dpo.policy_summary(bandit, bandit.optimal_policy())
     assert summary["J"].item() == pytest.approx(bandit.optimal_value().item(), abs=1e-12)
     assert summary["deficit"].item() == pytest.approx(0.0, abs=1e-9)  # pi* is on the frontier
+    # a policy off the frontier, against numpy sums
+    policy = gu.random_policies(bandit.ref_probs, 1, generator)[:, 0]
+    summary = dpo.policy_summary(bandit, policy)
+    p, ref, r, d0 = (t.numpy() for t in (policy, bandit.ref_probs, bandit.rewards(),
+                                         bandit.context_probs))
+    kl = float((d0 * (p * np.log(p / ref)).sum(-1)).sum())
+    reward = float((d0 * (p * r).sum(-1)).sum())
+    assert summary["kl"].item() == pytest.approx(kl, rel=1e-10)
+    assert summary["reward"].item() == pytest.approx(reward, rel=1e-10, abs=1e-12)
+    assert summary["J"].item() == pytest.approx(reward - 0.4 * kl, rel=1e-10, abs=1e-12)
+    assert summary["deficit"].item() == pytest.approx(
+        dpo.gibbs_frontier_reward(bandit, kl).item() - reward, rel=1e-9, abs=1e-12)
+    assert summary["deficit"].item() > 0
+    # DPO and the Gibbs policy of the MLE: the gap is max |log pi_DPO - log pi_MLE|, computed
+    # here from the two policies, and it is within the bound the tolerances allow
     gap, bound = dpo.dpo_mle_agreement(bandit, data, reg=1.0)
-    assert gap.shape == bound.shape == (3,)
+    direct = (torch.log(dpo.offline_dpo(bandit, data, reg=1.0))
+              - torch.log(dpo.mle_gibbs_policy(bandit, data, reg=1.0))).abs().amax((-1, -2))
+    assert torch.allclose(gap, direct, atol=1e-12)
     assert (gap <= bound).all() and (bound < 1e-6).all()
 
 
@@ -347,3 +450,54 @@ def test_leaning_instance_is_the_random_bandit_with_a_leaning_reference():
     with pytest.raises(ValueError, match="lean"):
         dpo.leaning_instance(num_contexts=2, num_actions=3, dim=2, norm_bound=1.0, eta=0.2,
                          generator=torch.Generator(), lean=float("nan"))
+
+
+def test_weighted_pairs_equal_repeated_pairs():
+    """Weight 2 on a pair is the same objective as the pair twice; bad pairs and weights are
+    named."""
+    z, _ = _problem(9, batch=(), num_pairs=12, dim=3)
+    weights = torch.ones(12, dtype=torch.float64)
+    weights[:5] = 2.0
+    weighted = dpo.train_dpo_linear(z, eta=0.6, reg=0.4, weights=weights)
+    repeated = dpo.train_dpo_linear(torch.cat([z, z[:5]]), eta=0.6, reg=0.4)
+    assert torch.allclose(weighted.w, repeated.w, atol=1e-9)
+    for pairs, kwargs, match in [
+        (z[0], {}, r"^chosen_minus_rejected must have shape \[\.\.\., n, d\]"),
+        (z[:, :0], {}, r"^chosen_minus_rejected must have shape"),
+        (z * math.inf, {}, "^chosen_minus_rejected must be finite"),
+        (z, dict(weights=torch.ones(5)), r"^weights \(shape \(5,\)\) must broadcast"),
+        (z, dict(weights=-weights), "^weights must be finite and non-negative"),
+        (z, dict(tol=0.0), "^tol must be positive"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            dpo.train_dpo_linear(pairs, eta=0.6, reg=0.4, **kwargs)
+
+
+def test_loss_reads_numbers_and_integer_tensors_and_names_the_rest():
+    """Python numbers and integer tensors are read as float64 log-probabilities; anything else
+    is a ValueError naming the argument."""
+    value = dpo.dpo_loss(-1.0, torch.tensor([-2]), [0.0], 0, 0.5)
+    assert value.dtype == torch.float64
+    assert value.item() == pytest.approx(math.log1p(math.exp(-0.5 * 1.0)), rel=1e-14)
+    with pytest.raises(ValueError, match="^ref_rejected_logps must be a tensor"):
+        dpo.dpo_loss(0.0, 0.0, 0.0, "zero", 0.5)
+
+
+def test_bt_likelihood_identity_error_is_round_off():
+    """The DPO loss on the policy's log-probabilities is the BT likelihood of theta = eta w:
+    their difference is within the float64 bound for any w."""
+    bandit, generator = _bandit(eta=0.4)
+    data = bandit.sample_preferences(25, bandit.ref_probs, bandit.ref_probs, generator, (3,))
+    w = 3 * torch.randn(3, bandit.dim, dtype=torch.float64, generator=generator)
+    error = dpo.bt_likelihood_identity_error(bandit, data, w)
+    assert error.shape == (3, 25) and (error <= 1).all()
+
+
+def test_training_that_cannot_converge_says_so_and_bad_features_are_named():
+    z, _ = _problem(10, batch=(), num_pairs=20, dim=3)
+    with pytest.raises(RuntimeError, match="did not converge in 1 Newton steps"):
+        dpo.train_dpo_linear(z, eta=0.5, reg=0.1, max_iter=1)
+    bandit, generator = _bandit()
+    data = bandit.sample_preferences(5, bandit.ref_probs, bandit.ref_probs, generator)
+    with pytest.raises(ValueError, match=r"^features must have shape \[3, 5, d\]"):
+        dpo.offline_dpo(bandit, data, reg=1.0, features=torch.zeros(3, 4, 2))

@@ -11,7 +11,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from conftest import examples
+from hypothesis import given
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
@@ -101,7 +102,7 @@ def test_gradient_matches_finite_differences():
     assert torch.allclose(gradient, numeric, atol=1e-6, rtol=1e-6)
 
 
-@settings(max_examples=25)
+@examples(25)
 @given(num_pairs=st.integers(1, 40), dim=st.integers(1, 5),
        log_reg=st.floats(-2, 1), seed=st.integers(0, 10_000), scale=st.floats(0.1, 8.0))
 def test_fit_property_stationary_and_minimal(num_pairs, dim, log_reg, seed, scale):
@@ -264,3 +265,26 @@ def test_reference_vectors_and_norms():
         estimation.inverse_sigma_norm(vectors[:, :3], sigma)
     with pytest.raises(ValueError, match="d ="):
         estimation.sigma_norm(vectors[:, :3], sigma)
+
+
+@pytest.mark.parametrize(("feature_diffs", "match"), [
+    ("not numbers", r"^feature_diffs must be a tensor of numbers"),
+    ([1.0, 2.0], r"^feature_diffs must have shape \[\.\.\., n, d\], got \(2,\)"),
+    (torch.zeros(0, 2), "^feature_diffs is empty"),
+    (torch.zeros(3, 0), r"^feature_diffs must have at least one feature"),
+    (torch.tensor([[math.nan, 1.0]]), "^feature_diffs must be finite"),
+])
+def test_bad_feature_diffs_are_named(feature_diffs, match):
+    with pytest.raises(ValueError, match=match):
+        estimation.fit_bt_mle(feature_diffs, torch.ones(1), 1.0)
+
+
+def test_other_bad_arguments_are_named():
+    z = torch.ones(2, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="^tol must be positive"):
+        estimation.fit_bt_mle(z, torch.ones(2), 1.0, tol=0.0)
+    with pytest.raises(ValueError, match="^constant must be positive and finite"):
+        estimation.confidence_radius(dim=2, delta=0.1, gamma=0.2, reg=1.0, norm_bound=1.0,
+                                     constant=0.0)
+    with pytest.raises(ValueError, match=r"^sigma must have shape \[\.\.\., d, d\]"):
+        estimation.sigma_norm(torch.ones(2), torch.ones(2, 3))

@@ -8,7 +8,9 @@ import math
 
 import pytest
 import torch
-from conftest import EPS
+from conftest import EPS, etas, examples
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gsfh_utils import LinearBTBandit, Preferences, gibbs_policy, kl_divergence
 from gsfh_utils.instance import REFERENCE_FAMILIES, reference_policy
@@ -274,6 +276,37 @@ def test_largest_suboptimality_against_every_deterministic_policy(eta):
     assert abs(largest - brute) <= 1e-9 * max(1.0, abs(brute))
     assert bandit.suboptimality(random_policies(bandit, 16, seed=6)).max().item() <= largest
     assert bandit.largest_suboptimality() > 0
+
+
+@examples(40)  # a brute force over up to 27 deterministic policies per example
+@given(seed=st.integers(0, 10**6), num_contexts=st.integers(1, 3), num_actions=st.integers(1, 3),
+       dim=st.integers(1, 3), eta=etas(1e-2, 1e2), family=st.sampled_from(REFERENCE_FAMILIES))
+def test_property_exact_values_against_enumeration(seed, num_contexts, num_actions, dim, eta,
+                                                   family):
+    """On random instances of every shape and reference family: J, J(pi*), the mean features
+    and the expected KL of a random policy against plain-Python sums over contexts and actions,
+    and the largest suboptimality against every deterministic policy, enumerated."""
+    bandit = LinearBTBandit.random(num_contexts=num_contexts, num_actions=num_actions, dim=dim,
+                                   norm_bound=2.0, eta=eta, generator=generator(seed),
+                                   reference=family)
+    policy = random_policies(bandit, 1, seed=seed + 1)[0]
+    assert abs(bandit.value(policy).item() - naive_value(bandit, policy)) <= value_tolerance(
+        bandit, policy)
+    assert abs(bandit.optimal_value().item() - naive_optimal_value(bandit)) <= value_tolerance(
+        bandit, bandit.optimal_policy())
+    pairs = list(itertools.product(range(num_contexts), range(num_actions)))
+    weights = {(x, a): bandit.context_probs[x].item() * policy[x, a].item() for x, a in pairs}
+    for i in range(dim):
+        mean = math.fsum(weights[x, a] * bandit.features[x, a, i].item() for x, a in pairs)
+        assert abs(bandit.mean_features(policy)[i].item() - mean) <= 1e-12
+    kl = math.fsum(weights[x, a] * math.log(policy[x, a].item() / bandit.ref_probs[x, a].item())
+                   for x, a in pairs if policy[x, a] > 0)
+    assert abs(bandit.expected_kl(policy).item() - kl) <= 1e-10 * (1 + abs(kl))
+    deterministic = torch.stack([
+        torch.nn.functional.one_hot(torch.tensor(actions), num_actions).to(F64)
+        for actions in itertools.product(range(num_actions), repeat=num_contexts)])
+    brute = bandit.suboptimality(deterministic).max().item()
+    assert abs(bandit.largest_suboptimality() - brute) <= 1e-9 * max(1.0, abs(brute))
 
 
 # --- preference sampling ----------------------------------------------------------------------

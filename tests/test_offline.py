@@ -12,11 +12,13 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from conftest import examples
+from hypothesis import given
 from hypothesis import strategies as st
 
 import gsfh_utils as gu
 from gsfh_utils import estimation, offline
+from gsfh_utils.instance import reference_policy
 
 
 def small_problem(seed, num_contexts=3, num_actions=4, dim=3, batch=(), scale=2.0, eta=0.5):
@@ -145,7 +147,7 @@ def test_dual_upper_bounds_the_objective():
         assert (primal <= dual + 1e-12).all()
 
 
-@settings(max_examples=20)
+@examples(20)
 @given(seed=st.integers(0, 10_000), eta=st.floats(0.05, 5.0), beta=st.floats(0.05, 3.0),
        fraction=st.floats(0.0, 1.0))
 def test_bounds_hold_on_the_confidence_event(seed, eta, beta, fraction):
@@ -176,6 +178,78 @@ def test_bounds_hold_on_the_confidence_event(seed, eta, beta, fraction):
     # Jensen: the expected bound is never larger than the pointwise bound.
     assert (offline.expected_bound(bandit, comparators, sigma=sigma, beta=beta)
             <= bound_pointwise + 1e-12).all()
+
+
+def hidden_direction_problem(eta, coverage, good_mass):
+    """One context, three actions: a good action phi = (1, 0) that pi0 plays with mass
+    ``good_mass``, a neutral one at 0 and a bad one phi = (0, 1) in the direction the data barely
+    cover (Sigma = diag(100, coverage)); theta* = (1, -1). The uncertainty of the bad action is
+    large and that of pi* small, so any policy drawn to uncertainty (optimism instead of
+    pessimism) loses more than the pessimistic bound allows."""
+    features = torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]]], dtype=torch.float64)
+    rest = (1 - good_mass) / 2
+    ref = torch.tensor([[good_mass, rest, rest]], dtype=torch.float64)
+    bandit = gu.LinearBTBandit(features, torch.tensor([1.0, -1.0], dtype=torch.float64), ref,
+                               torch.ones(1, dtype=torch.float64), eta)
+    return bandit, torch.diag(torch.tensor([100.0, coverage], dtype=torch.float64))
+
+
+@examples(25)
+@given(eta=st.floats(0.05, 2.0), beta=st.floats(0.3, 3.0), fraction=st.floats(0.0, 1.0),
+       angle=st.floats(0.0, 2 * math.pi), log_coverage=st.floats(-3.0, -1.0),
+       good_mass=st.floats(0.9, 0.999))
+def test_bounds_hold_when_a_bad_action_hides_in_an_uncovered_direction(eta, beta, fraction,
+                                                                         angle, log_coverage,
+                                                                         good_mass):
+    """The bound theorem of notebook 02 again, on instances built so that the sign of the
+    penalty matters: with the penalty added instead of subtracted the pointwise policy chases
+    the uncovered bad action and breaks its bound (checked in
+    test_optimism_breaks_the_bound_on_the_hidden_direction_problem)."""
+    bandit, sigma = hidden_direction_problem(eta, 10.0**log_coverage, good_mass)
+    u = torch.tensor([math.cos(angle), math.sin(angle)], dtype=torch.float64)
+    theta_hat = bandit.theta_star + fraction * beta * u / estimation.sigma_norm(u, sigma)
+    estimate = dict(theta_hat=theta_hat, sigma=sigma, beta=beta)
+    optimal = bandit.optimal_policy()
+    pointwise = offline.pointwise_pessimistic_policy(bandit, **estimate)
+    expected = offline.expected_pessimism_policy(bandit, **estimate)
+    kl_term = eta * bandit.expected_kl(optimal, pointwise)
+    bound = offline.pointwise_bound(bandit, optimal, sigma=sigma, beta=beta)
+    assert bandit.value(optimal) - bandit.value(pointwise) <= bound - kl_term + 1e-12
+    assert (bandit.value(optimal) - bandit.value(expected.policy)
+            <= offline.expected_bound(bandit, optimal, sigma=sigma, beta=beta)
+            + expected.duality_gap + 1e-12)
+
+
+def test_optimism_breaks_the_bound_on_the_hidden_direction_problem():
+    """The property test above can tell pessimism from optimism: the Gibbs policy of
+    r_hat + beta b (the penalty's sign flipped) loses far more than 2 beta E_{pi*} b."""
+    bandit, sigma = hidden_direction_problem(0.5, 0.01, 0.99)
+    theta_hat, beta = bandit.theta_star, 1.0
+    optimistic = gu.gibbs_policy(bandit.ref_probs, bandit.rewards(theta_hat)
+                                 + beta * offline.action_uncertainty(bandit, sigma), 0.5)
+    optimal = bandit.optimal_policy()
+    bound = offline.pointwise_bound(bandit, optimal, sigma=sigma, beta=beta)
+    assert bandit.value(optimal) - bandit.value(optimistic) > 5 * bound
+
+
+def test_expected_pessimism_objective_closed_form():
+    """f(pi) = <theta_hat, v> - beta sqrt(v^T Sigma^{-1} v) - eta sum_x d0(x) KL(pi(x) || pi0(x))
+    with v = sum_x d0(x) sum_a pi(a|x) (phi(x, a) - nu(x)), written out with loops."""
+    bandit, theta_hat, sigma = small_problem(12, eta=0.7)
+    generator = torch.Generator().manual_seed(12)
+    policy = torch.softmax(torch.randn(3, 4, dtype=torch.float64, generator=generator), -1)
+    features, ref, weights = bandit.features, bandit.ref_probs, bandit.context_probs
+    v = torch.zeros(3, dtype=torch.float64)
+    kl = 0.0
+    for x in range(3):
+        nu = sum(ref[x, a] * features[x, a] for a in range(4))
+        for a in range(4):
+            v += weights[x] * policy[x, a] * (features[x, a] - nu)
+            kl += weights[x] * policy[x, a] * math.log(policy[x, a] / ref[x, a])
+    expected = theta_hat @ v - 0.9 * torch.sqrt(v @ torch.linalg.inv(sigma) @ v) - 0.7 * kl
+    value = offline.expected_pessimism_objective(bandit, policy, theta_hat=theta_hat,
+                                                 sigma=sigma, beta=0.9)
+    assert math.isclose(value.item(), expected.item(), rel_tol=1e-12, abs_tol=1e-12)
 
 
 def test_bound_closed_forms():
@@ -251,40 +325,170 @@ def test_trap_instance_is_as_specified():
                           torch.full((6,), 0.2, dtype=torch.float64))
 
 
-def test_grid_helpers_are_deterministic_and_consistent():
-    def run(seed):
-        generator = torch.Generator().manual_seed(seed)
-        trap = offline.trap_instance(num_contexts=4, num_actions=5, dim=4, num_traps=1,
-                                     norm_bound=3.0, trap_weight=2.0, eta=0.5,
-                                     generator=generator)
-        fits = offline.fit_offline_grid(trap, trap_masses=[0.05, 0.2], sizes=[20, 60],
-                                        num_seeds=6, reg=1.0, generator=generator,
-                                        bootstrap_sizes=[60], num_bootstrap=5)
-        return trap, fits, offline.evaluate_offline(trap, fits, radii={"small": 0.5,
-                                                                       "large": 50.0})
+def grid_run(seed, bootstrap_sizes=(60,)):
+    generator = torch.Generator().manual_seed(seed)
+    trap = offline.trap_instance(num_contexts=4, num_actions=5, dim=4, num_traps=1,
+                                 norm_bound=3.0, trap_weight=2.0, eta=0.5, generator=generator)
+    fits = offline.fit_offline_grid(trap, trap_masses=[0.05, 0.2], sizes=[20, 60], num_seeds=6,
+                                    reg=1.0, generator=generator,
+                                    bootstrap_sizes=bootstrap_sizes, num_bootstrap=5)
+    return trap, fits, generator
 
-    trap, fits, results = run(3)
-    _, fits_again, results_again = run(3)
+
+def test_fit_offline_grid_against_a_loop_over_cells():
+    """Without bootstrap the grid is, cell after cell from one stream, n pairs from the behaviour
+    policy and their ridge MLE: replayed here cell by cell; the error columns against explicit
+    quadratic forms."""
+    trap, fits, _ = grid_run(3, bootstrap_sizes=())
+    generator = torch.Generator().manual_seed(3)
+    offline.trap_instance(num_contexts=4, num_actions=5, dim=4, num_traps=1, norm_bound=3.0,
+                          trap_weight=2.0, eta=0.5, generator=generator)  # same stream
+    bandit = trap.bandit
+    for m, mass in enumerate([0.05, 0.2]):
+        for n, size in enumerate([20, 60]):
+            behaviour = trap.behaviour(mass)
+            data = bandit.sample_preferences(size, behaviour, behaviour, generator, (6,))
+            z = data.feature_diffs
+            assert torch.allclose(fits.theta_hat[m, n], estimation.fit_bt_mle(z, data.labels, 1.0))
+            sigma = torch.eye(4, dtype=torch.float64) + z.transpose(-1, -2) @ z
+            assert torch.allclose(fits.sigma[m, n], sigma)
+            error = fits.theta_hat[m, n] - bandit.theta_star
+            assert torch.allclose(fits.error_sigma[m, n],
+                                  torch.einsum("si,sij,sj->s", error, sigma, error).sqrt())
+            assert torch.allclose(fits.error_euclid[m, n], error.norm(dim=-1))
+    assert torch.isnan(fits.bootstrap_radius).all()
+
+
+def test_evaluate_offline_against_the_gap_identity():
+    """Every suboptimality of evaluate_offline against eta E_x KL(pi_hat || pi*) (the gap
+    identity, a formula the package does not use for it), with pi_hat rebuilt from its
+    definition; the bounds against their explicit forms; at another eta, pi* and the policies
+    are those of that eta."""
+    trap, fits, _ = grid_run(4)
+    bandit = trap.bandit
+    results = offline.evaluate_offline(trap, fits, radii={"small": 0.5, "large": 50.0})
+    features, ref = bandit.features, bandit.ref_probs
+    diffs = features - torch.einsum("xk,xkd->xd", ref, features).unsqueeze(1)
+
+    def gap(policy, eta):
+        optimal = gu.gibbs_policy(ref, bandit.rewards(), eta)
+        return eta * (gu.kl_divergence(policy, optimal) * bandit.context_probs).sum(-1)
+
+    mle = gu.gibbs_policy(ref, bandit.rewards(fits.theta_hat), 0.5)
+    assert torch.allclose(results["none"], gap(mle, 0.5), atol=1e-12)
+    inverse = torch.linalg.inv(fits.sigma)
+    bonus = torch.einsum("xki,...ij,xkj->...xk", diffs, inverse, diffs).sqrt()
+    optimal = bandit.optimal_policy()
+    for name, beta in (("small", 0.5), ("large", 50.0)):
+        pointwise = gu.gibbs_policy(ref, bandit.rewards(fits.theta_hat) - beta * bonus, 0.5)
+        assert torch.allclose(results["pointwise"][name], gap(pointwise, 0.5), atol=1e-12)
+        expected = offline.expected_pessimism_policy(bandit, theta_hat=fits.theta_hat,
+                                                     sigma=fits.sigma, beta=beta)
+        assert torch.allclose(results["expected"][name], gap(expected.policy, 0.5), atol=1e-12)
+        assert torch.allclose(results["pointwise_bound"][name], 2 * beta * (
+            bonus * optimal * bandit.context_probs.unsqueeze(-1)).sum((-1, -2)))
+        v = torch.einsum("x,xk,xkd->d", bandit.context_probs, optimal, diffs)
+        norm = torch.einsum("i,...ij,j->...", v, inverse, v).sqrt()
+        assert torch.allclose(results["expected_bound"][name], 2 * beta * norm)
+        assert torch.equal(results["expected_bound"][name], offline.expected_bound(
+            bandit, optimal, sigma=fits.sigma, beta=beta) + results["duality_gap"][name])
+    # the large radius puts theta = 0 inside every ellipsoid: expected pessimism returns pi0
+    assert torch.allclose(results["expected"]["large"], gap(ref, 0.5), atol=1e-12)
+    other = offline.evaluate_offline(trap, fits, radii={}, eta=0.1)
+    mle_other = gu.gibbs_policy(ref, bandit.rewards(fits.theta_hat), 0.1)
+    assert torch.allclose(other["none"], gap(mle_other, 0.1), atol=1e-12)
+
+
+def test_grid_helpers_are_deterministic():
+    _, fits, _ = grid_run(3)
+    _, fits_again, _ = grid_run(3)
     assert torch.equal(fits.theta_hat, fits_again.theta_hat)
-    assert torch.equal(results["none"], results_again["none"])
-    for key in ("pointwise", "expected", "pointwise_bound", "expected_bound"):
-        for name in ("small", "large"):
-            assert torch.equal(results[key][name], results_again[key][name])
-            assert results[key][name].shape == (2, 2, 6)
-    assert fits.theta_hat.shape == (2, 2, 6, 4) and fits.sigma.shape == (2, 2, 6, 4, 4)
-    assert (results["none"] >= -1e-12).all() and (results["pointwise"]["small"] >= -1e-12).all()
-    error = estimation.sigma_norm(fits.theta_hat - trap.bandit.theta_star, fits.sigma)
-    assert torch.allclose(error, fits.error_sigma)
+    assert torch.equal(fits.bootstrap_radius.nan_to_num(), fits_again.bootstrap_radius.nan_to_num())
     # the bootstrap radius exists exactly at the bootstrapped size
     assert torch.isnan(fits.bootstrap_radius[:, 0]).all()
     assert (fits.bootstrap_radius[:, 1] > 0).all()
+    assert fits.trap_masses == (0.05, 0.2) and fits.sizes == (20, 60)
     one = fits.at_size(60)
-    assert one.sizes == (60,) and torch.equal(one.theta_hat[:, 0], fits.theta_hat[:, 1])
+    assert one.sizes == (60,) and one.trap_masses == fits.trap_masses
+    for field in ("theta_hat", "sigma", "error_sigma", "error_euclid", "bootstrap_radius"):
+        assert torch.equal(getattr(one, field), getattr(fits, field)[:, 1:].clone())
+    assert torch.equal(fits.at_size(20).theta_hat, fits.theta_hat[:, :1])
     with pytest.raises(ValueError, match="size"):
         fits.at_size(30)
-    # evaluating at another eta compares with pi* at that eta
-    other = offline.evaluate_offline(trap, fits, radii={}, eta=0.1)
-    policy = offline.pointwise_pessimistic_policy(trap.bandit.with_eta(0.1),
-                                                  theta_hat=fits.theta_hat, sigma=fits.sigma,
-                                                  beta=0.0)
-    assert torch.allclose(other["none"], trap.bandit.with_eta(0.1).suboptimality(policy))
+
+
+def test_trap_instance_from_its_docstring():
+    """Rebuilt from the docstring's recipe on the same stream (u, then the ordinary directions
+    and radii, then pi0 of the family rescaled so that the traps hold ref_trap_mass); dim = 2
+    is allowed."""
+    trap = offline.trap_instance(num_contexts=3, num_actions=4, dim=2, num_traps=1,
+                                 norm_bound=2.0, trap_weight=1.2, eta=0.5,
+                                 generator=torch.Generator().manual_seed(5), ref_trap_mass=0.3)
+    generator = torch.Generator().manual_seed(5)
+    u = torch.randn(1, dtype=torch.float64, generator=generator)
+    u = u / u.abs()
+    ordinary = torch.randn(3, 4, 1, dtype=torch.float64, generator=generator)
+    ordinary = ordinary / ordinary.abs()
+    radius = 0.5 + 0.5 * torch.rand(3, 4, 1, dtype=torch.float64, generator=generator)
+    probs = reference_policy("softmax", num_contexts=3, num_actions=4, generator=generator)
+    features = torch.zeros(3, 4, 2, dtype=torch.float64)
+    ref = torch.zeros(3, 4, dtype=torch.float64)
+    for x in range(3):
+        features[x, 0] = torch.tensor([0.6 * u.item(), 0.8])  # the trap
+        features[x, 1:, 0] = (radius[x, 1:] * ordinary[x, 1:]).flatten()
+        ref[x, 0] = 0.3
+        ref[x, 1:] = 0.7 * probs[x, 1:] / probs[x, 1:].sum()
+    assert torch.allclose(trap.bandit.features, features, atol=1e-15)
+    assert torch.allclose(trap.bandit.ref_probs, ref, atol=1e-15)
+    # the zipf family with its exponent (default 1) passed through, before the rescaling
+    for exponent in (1.0, 2.5):
+        arguments = dict(num_contexts=3, num_actions=4, dim=2, num_traps=1, norm_bound=2.0,
+                         trap_weight=1.2, eta=0.5, reference="zipf")
+        zipf = offline.trap_instance(**arguments, generator=torch.Generator().manual_seed(6),
+                                     **({"zipf_exponent": exponent} if exponent != 1.0 else {}))
+        replay = torch.Generator().manual_seed(6)
+        torch.randn(1, dtype=torch.float64, generator=replay)
+        torch.randn(3, 4, 1, dtype=torch.float64, generator=replay)
+        torch.rand(3, 4, 1, dtype=torch.float64, generator=replay)
+        probs = reference_policy("zipf", num_contexts=3, num_actions=4, generator=replay,
+                                 exponent=exponent)
+        ordinary = probs[:, 1:] / probs[:, 1:].sum(-1, keepdim=True)
+        assert torch.allclose(zipf.bandit.ref_probs[:, 1:], 0.8 * ordinary, atol=1e-15)
+    assert torch.allclose(trap.bandit.theta_star,
+                          torch.tensor([math.sqrt(4 - 1.44) * u.item(), -1.2],
+                                       dtype=torch.float64), atol=1e-15)
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    (dict(trap_weight=0.0), r"^trap_weight must be in \(0, norm_bound\)"),
+    (dict(trap_weight=2.0), r"^trap_weight must be in \(0, norm_bound\)"),
+    (dict(num_contexts=0), "^num_contexts must"), (dict(num_actions=0), "^num_actions must"),
+    (dict(dim=0), "^dim must"), (dict(num_traps=0), "^num_traps must"),
+    (dict(trap_lure=0.7, trap_load=0.8), "^trap features must have norm <= 1"),
+    (dict(trap_lure=0.8, trap_load=0.7), "^trap features must have norm <= 1"),
+    (dict(ref_trap_mass=1.0), r"^ref_trap_mass must be in \(0, 1\)"),
+    (dict(ref_trap_mass=1.5), r"^ref_trap_mass must be in \(0, 1\)"),
+    (dict(dim=1), "^dim must be at least 2"),
+    (dict(trap_lure=0.8, trap_load=0.8), "^trap features must have norm <= 1"),
+    (dict(ref_trap_mass=0.0), r"^ref_trap_mass must be in \(0, 1\)"),
+])
+def test_trap_instance_bad_input(changes, match):
+    arguments = dict(num_contexts=2, num_actions=4, dim=3, num_traps=1, norm_bound=2.0,
+                     trap_weight=1.0, eta=0.5, generator=torch.Generator())
+    with pytest.raises(ValueError, match=match):
+        offline.trap_instance(**{**arguments, **changes})
+
+
+def test_estimates_with_incompatible_batches_are_named():
+    bandit, theta_hat, sigma = small_problem(13, batch=(2,))
+    with pytest.raises(ValueError, match="must have broadcastable leading dimensions"):
+        offline.pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat.expand(3, 2, -1)[:, 0],
+                                              sigma=sigma, beta=1.0)
+
+
+def test_a_radius_that_does_not_broadcast_is_named():
+    bandit, theta_hat, sigma = small_problem(14, batch=(2,))
+    for function in (offline.pointwise_pessimistic_rewards,
+                     offline.expected_pessimism_mirror_ascent):
+        with pytest.raises(ValueError, match=r"^beta \(shape \(5,\)\) must broadcast"):
+            function(bandit, theta_hat=theta_hat, sigma=sigma, beta=torch.ones(5))

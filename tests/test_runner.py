@@ -3,12 +3,17 @@ end-to-end runs of tiny notebooks (marked ``notebook``: each starts a kernel, ab
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import examples
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gsfh_utils.lab.claims import ClaimRegistry
 from gsfh_utils.lab.results import dump_results, read_results
@@ -508,3 +513,60 @@ def test_a_passing_run_with_a_changed_parameter_is_not_promoted(tmp_path, monkey
 def test_repeated_notebook_options_add_up():
     arguments = build_parser().parse_args(["-n", "01", "-n", "05", "03"])
     assert arguments.notebooks == ["01", "05", "03"]
+
+
+# --- property: any mix of passing and failing toy notebooks -------------------------------------
+
+#: Toy notebooks by outcome: the code cells after the parameters cell, and whether the run passes.
+OUTCOMES = {
+    "passes": ((START, CLAIM, LATER, FINISH), True),
+    "claim_fails": ((START, 'nb.claims.theorem("bounded", "at most one", measured=2.0, '
+                             'theory=1.0)', FINISH), False),
+    "crashes": ((START, 'raise RuntimeError("boom")', FINISH), False),
+    "unfinished": ((START, CLAIM), False),
+    "silent": (('print("no lab.start")',), False),
+}
+
+
+def execute_in_process(notebook, output, parameters, cwd, **_):
+    """Stands in for papermill.execute_notebook without a kernel: the code cells run in this
+    process, the injected parameters after the parameters cell, an exception becomes papermill's
+    execution error (what the runner sees from a kernel)."""
+    import papermill
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    namespace = {}
+    for index, cell in enumerate(cells):
+        try:
+            exec(cell.source, namespace)
+            if index == 0:
+                namespace.update(parameters)
+        except Exception as exc:
+            raise papermill.PapermillExecutionError(index, index, cell.source,
+                                                    type(exc).__name__, str(exc), []) from exc
+    shutil.copy(notebook, output)
+
+
+@examples(15)
+@given(st.lists(st.sampled_from(sorted(OUTCOMES)), min_size=1, max_size=5))
+def test_property_any_mix_of_toy_notebooks_gives_the_right_summary_and_exit_code(outcomes):
+    """Every toy notebook passes or fails as its outcome says; the last line counts them and
+    names the failures in order; the exit status is 0 exactly when every notebook passes."""
+    import papermill
+
+    with tempfile.TemporaryDirectory() as temporary, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(papermill, "execute_notebook", execute_in_process)
+        tmp_path = Path(temporary)
+        folder = tmp_path / "notebooks"
+        names = [f"{index + 1:02d}_{outcome}" for index, outcome in enumerate(outcomes)]
+        for name, outcome in zip(names, outcomes, strict=True):
+            make_notebook(folder / f"{name}.ipynb", HEADER + VALUE, *OUTCOMES[outcome][0])
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(io.StringIO()):
+            code = main(["--profile", "small", *arguments(tmp_path, folder)])
+    failed = [name for name, outcome in zip(names, outcomes, strict=True)
+              if not OUTCOMES[outcome][1]]
+    summary = f"{len(names) - len(failed)} notebooks ok, {len(failed)} failed"
+    assert output.getvalue().strip().splitlines()[-1] == summary + (
+        f": {', '.join(failed)}" if failed else "")
+    assert code == (1 if failed else 0)
