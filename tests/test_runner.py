@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -18,6 +19,7 @@ from gsfh_utils.lab.runner import (
     canonical,
     check_parameters,
     find_notebooks,
+    kernel_config,
     list_parameters,
     main,
     parse_value,
@@ -508,3 +510,24 @@ def test_a_passing_run_with_a_changed_parameter_is_not_promoted(tmp_path, monkey
 def test_repeated_notebook_options_add_up():
     arguments = build_parser().parse_args(["-n", "01", "-n", "05", "03"])
     assert arguments.notebooks == ["01", "05", "03"]
+
+
+def test_kernel_config_uses_ipc_sockets_at_the_given_path(tmp_path):
+    config = kernel_config(tmp_path / "kernel")
+    assert config.KernelManager.transport == "ipc"
+    assert config.KernelManager.ip == str(tmp_path / "kernel")
+
+
+@pytest.mark.notebook
+def test_a_run_is_quiet_and_leaves_no_kernel_sockets(tmp_path, capfd):
+    """The kernel (a child process writing to the same stderr) logs nothing: no warning about
+    unencrypted TCP, no KeyboardInterrupt at shutdown; its sockets are gone after the run."""
+    folder = tmp_path / "notebooks"
+    tiny(folder / "01_base.ipynb")
+    before = set(Path(tempfile.gettempdir()).glob("gsfh-kernel-*"))
+    assert main(["--profile", "small", *arguments(tmp_path, folder)]) == 0
+    captured = capfd.readouterr()
+    assert "IPKernelApp" not in captured.err and "WARNING" not in captured.err, captured.err
+    assert [line.split(" ", 1)[0] for line in captured.err.splitlines()] == ["[1/1]", "[1/1]"]
+    assert set(Path(tempfile.gettempdir()).glob("gsfh-kernel-*")) <= before
+    assert sorted(p.name for p in folder.iterdir()) == ["01_base.ipynb"]
