@@ -1,8 +1,8 @@
 """Sphinx configuration of the companion book (assembled and built by book/build.py)."""
 
 project = "Gibbs Sampling from Human Feedback: an executable companion"
-author = "the GSHF companion authors"
-copyright = "the GSHF companion authors, MIT licence"
+author = "The GSHF companion contributors"
+copyright = "2026, The GSHF companion contributors (MIT licence)"
 
 extensions = [
     "myst_nb",
