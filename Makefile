@@ -26,6 +26,11 @@ $(MATHJAX): package.json package-lock.json
 reproduce: $(STAMP)
 	$(RUNNER) --profile full --update-readme
 
+## Execute every notebook again into a temporary folder (nothing promoted) and compare each claim
+## with the committed results/ within its tolerance; prints what moved (gsfh_utils/lab/verify.py).
+verify: $(STAMP)
+	$(BIN)/python -m gsfh_utils.lab.verify --profile $(PROFILE)
+
 ## Unit and property tests, every notebook at the small profile, the book read in Chromium.
 test: $(STAMP) $(MATHJAX)
 	$(BIN)/python -m pytest
