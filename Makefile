@@ -28,8 +28,9 @@ reproduce: $(STAMP)
 
 ## Execute every notebook again into a temporary folder (nothing promoted) and compare each claim
 ## with the committed results/ within its tolerance; prints what moved (gsfh_utils/lab/verify.py).
+## ARGS="--runs-dir build/runs" keeps the runs (the book can then render them).
 verify: $(STAMP)
-	$(BIN)/python -m gsfh_utils.lab.verify --profile $(PROFILE)
+	$(BIN)/python -m gsfh_utils.lab.verify --profile $(PROFILE) $(ARGS)
 
 ## Unit and property tests, every notebook at the small profile, the book read in Chromium.
 test: $(STAMP) $(MATHJAX)
