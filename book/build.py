@@ -117,11 +117,6 @@ def introduction(readme: str, source: Path) -> str:
     """The README as the book's introduction: the claims section (tables the claims page shows
     in full) replaced by a link to that page; remote images dropped (a page may load nothing
     from the network); links to files outside the book turned into plain text."""
-    head, rest = readme.split("\n## The claims\n", 1)
-    tail = rest.split("\n## ", 1)[1]
-    readme = (f"{head}\n## The claims\n\nThe table of every claim, generated from `results/`, is "
-              f"on the [claims page](claims.md).\n\n## {tail}")
-
     def replace(match: re.Match) -> str:
         image, text, target = match.groups()
         if re.match(r"[a-z]+:", target):
@@ -129,8 +124,12 @@ def introduction(readme: str, source: Path) -> str:
         if (source / target.split("#")[0]).exists():
             return match.group(0)
         return text
-    return _LINK.sub(replace, re.sub(r"\[(!\[[^\]]*\]\(https?:[^)]*\))\]\([^)]*\)", r"\1",
-                                     readme))
+
+    badges = re.sub(r"\[(!\[[^\]]*\]\(https?:[^)]*\))\]\([^)]*\)", r"\1", readme)
+    head, rest = _LINK.sub(replace, badges).split("\n## The claims\n", 1)
+    tail = rest.split("\n## ", 1)[1]
+    return (f"{head}\n## The claims\n\nThe table of every claim, generated from `results/`, is "
+            f"on the [claims page](claims.md).\n\n## {tail}")
 
 
 def assemble(source: Path, *, runs_dir: Path, results_dir: Path) -> None:

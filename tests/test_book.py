@@ -308,11 +308,3 @@ def test_a_claim_missing_from_the_claims_page_is_caught(broken, reader, tmp_path
     path.write_text(json.dumps(data))
     report = reader.read(broken, broken / "claims.html")
     assert missing_claims(report, results) == {"a_claim_not_on_the_page"}
-
-
-def test_a_missing_run_fails_the_build_with_what_to_run(tmp_path):
-    build = subprocess.run([sys.executable, str(REPOSITORY_ROOT / "book" / "build.py"),
-                            "--runs-dir", str(tmp_path / "no-runs"), "--out", str(tmp_path)],
-                           capture_output=True, text=True, timeout=120)
-    assert build.returncode == 1
-    assert "make reproduce" in build.stderr and "make notebook NB=01" in build.stderr
