@@ -132,6 +132,12 @@ def introduction(readme: str, source: Path) -> str:
             f"on the [claims page](claims.md).\n\n## {tail}")
 
 
+def bibliography(bibtex: str) -> str:
+    """The BibTeX entries with their inline math as text (``{$K$}-wise`` becomes ``{K}-wise``):
+    the bibliography renders entries as text, where a formula would stay raw."""
+    return re.sub(r"\$([^$]*)\$", r"\1", bibtex)
+
+
 def assemble(source: Path, *, runs_dir: Path, results_dir: Path) -> None:
     """Write the book's Sphinx source folder ``source`` (emptied first)."""
     if not (MATHJAX / "tex-chtml.js").is_file():
@@ -147,7 +153,8 @@ def assemble(source: Path, *, runs_dir: Path, results_dir: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if origin.is_dir() else shutil.copyfile)(origin, target)
     shutil.copytree(REPOSITORY_ROOT / "figures", source / "figures")
-    shutil.copyfile(REPOSITORY_ROOT / "references.bib", source / "references.bib")
+    (source / "references.bib").write_text(
+        bibliography((REPOSITORY_ROOT / "references.bib").read_text()))
     notebooks = find_notebooks(REPOSITORY_ROOT / "notebooks")
     (source / "notebooks").mkdir()
     for notebook in notebooks:

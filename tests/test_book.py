@@ -7,9 +7,10 @@ committed ``results/``; ``GSFH_BOOK_RUNS_DIR=build/runs`` renders the runs of ``
 instead (quicker when only these tests are run). Every page is then visited once: each request
 that is not a local file is blocked and counted, and so are failed requests and console errors;
 math must be typeset by the local MathJax (its startup promise resolved, every formula inside an
-``mjx-container``, no raw ``$$``, ``\\(`` or ``\\[`` left in the text); every image must have
-loaded. A screenshot of each page goes to ``build/book-screenshots/``. The negative tests break
-a copy of the built book in each of these ways and check that the same inspection reports it.
+``mjx-container``, no raw ``$$``, ``\\(``, ``\\[`` or ``$x$`` left in the text); every image
+must have loaded. A screenshot of each page goes to ``build/book-screenshots/``. The negative
+tests break a copy of the built book in each of these ways and check that the same inspection
+reports it.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ PROSE_TEXT = """() => {
 #: Formulas (Sphinx's .math elements) that MathJax did not turn into an mjx-container.
 UNTYPESET = """() => [...document.querySelectorAll('.math')]
   .filter(node => !node.querySelector('mjx-container')).map(node => node.textContent.trim())"""
+#: TeX left in the text: display or inline delimiters, or a single-dollar formula.
+RAW_TEX = r"\$\$.{0,40}|\\\(.{0,40}|\\\[.{0,40}|\$[^\s$][^$\n]{0,40}\$"
 BROKEN_IMAGES = """() => [...document.images]
   .filter(img => !(img.complete && img.naturalWidth > 0)).map(img => img.getAttribute('src'))"""
 MATHJAX_READY = """() => window.MathJax && MathJax.startup && MathJax.startup.promise
@@ -100,7 +103,7 @@ class Reader:
             report.untypeset.append("MathJax did not start")
         report.untypeset += page.evaluate(UNTYPESET)
         prose = page.evaluate(PROSE_TEXT)
-        report.raw_tex = re.findall(r"\$\$.{0,40}|\\\(.{0,40}|\\\[.{0,40}", prose)
+        report.raw_tex = re.findall(RAW_TEX, prose)
         report.images = page.evaluate("() => document.images.length")
         report.broken_images = page.evaluate(BROKEN_IMAGES)
         report.text = page.inner_text("body")
@@ -273,6 +276,12 @@ def test_a_raw_formula_is_caught(broken, reader):
     # to ignore the text, as it would be for math that never reaches a processed element.
     insert(page, '<p class="mathjax_ignore">$$J(\\pi) = \\mathbb{E}\\, r$$</p>')
     assert reader.read(broken, page).raw_tex == ["$$J(\\pi) = \\mathbb{E}\\, r$$"]
+
+
+def test_a_raw_inline_formula_is_caught(broken, reader):
+    page = broken / "bibliography.html"
+    insert(page, "<p>from pairwise or $K$-wise comparisons</p>")
+    assert reader.read(broken, page).raw_tex == ["$K$"]
 
 
 def test_missing_mathjax_is_caught(broken, reader):

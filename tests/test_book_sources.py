@@ -118,3 +118,9 @@ def test_make_book_without_runs_fails_with_what_to_run(tmp_path, capsys):
     assert build.main(["--runs-dir", str(tmp_path / "no-runs"), "--out", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert "make reproduce" in error and "make notebook NB=01" in error
+
+
+def test_bibliography_math_becomes_text():
+    entry = "title = {Pairwise or {$K$}-wise Comparisons with $\\eta$},\n  year = {2023}"
+    assert build.bibliography(entry) == (
+        "title = {Pairwise or {K}-wise Comparisons with \\eta},\n  year = {2023}")
