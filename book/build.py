@@ -3,7 +3,8 @@
 The book renders, never executes. It is assembled in a source folder under ``build/`` (nothing
 generated is committed) from:
 
-- ``book/``: ``conf.py``, ``index.md``, ``api.md``, ``bibliography.md`` and the API templates;
+- ``book/``: ``conf.py``, ``index.md``, ``api.md``, ``bibliography.md``, the API templates and
+  the style sheet;
 - the README, as the introduction (its claims tables are replaced by a link to the claims page,
   links to files outside the book become plain text, remote images are dropped);
 - the executed copy of every notebook of ``notebooks/`` from the last run,

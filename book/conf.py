@@ -34,18 +34,6 @@ autodoc_typehints = "description"
 default_role = "code"
 
 
-def _literal_bars(app, what, name, obj, options, lines):
-    """The package's docstrings use no reST substitutions: a bar outside a ``literal`` (as in
-    |p(a) - q(a)|) is the absolute value, not a substitution reference."""
-    for index, line in enumerate(lines):
-        parts = line.split("``")
-        parts[::2] = [part.replace("|", "\\|") for part in parts[::2]]
-        lines[index] = "``".join(parts)
-
-
-def setup(app):
-    app.connect("autodoc-process-docstring", _literal_bars)
-
 bibtex_bibfiles = ["references.bib"]
 bibtex_default_style = "plain"
 
@@ -59,3 +47,16 @@ html_theme_options = {
 html_last_updated_fmt = None
 # The theme's light mode from the start (an empty default mode logs a console error).
 html_context = {"default_mode": "light"}
+
+
+def _literal_bars(app, what, name, obj, options, lines):
+    """The package's docstrings use no reST substitutions: a bar outside a ``literal`` (as in
+    |p(a) - q(a)|) is the absolute value, not a substitution reference."""
+    for index, line in enumerate(lines):
+        parts = line.split("``")
+        parts[::2] = [part.replace("|", "\\|") for part in parts[::2]]
+        lines[index] = "``".join(parts)
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _literal_bars)
