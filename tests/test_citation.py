@@ -2,7 +2,7 @@
 its preferred citation, the licence is the MIT licence that pyproject.toml declares, and the
 README says how to cite.
 
-The schema, ``tests/data/cff-1.2.0.schema.json``, is the official CFF 1.2.0 JSON schema, copied
+The schema, ``vendor/cff-1.2.0.schema.json``, is the official CFF 1.2.0 JSON schema, copied
 unchanged from the cffconvert 2.0.0 package on PyPI (``cffconvert/schemas/1.2.0/schema.json``),
 so the check needs no network.
 """
@@ -17,7 +17,7 @@ import yaml
 
 from gsfh_utils.lab.io import REPOSITORY_ROOT
 
-SCHEMA = json.loads((REPOSITORY_ROOT / "tests" / "data" / "cff-1.2.0.schema.json").read_text())
+SCHEMA = json.loads((REPOSITORY_ROOT / "vendor" / "cff-1.2.0.schema.json").read_text())
 CITATION = yaml.safe_load((REPOSITORY_ROOT / "CITATION.cff").read_text())
 ARXIV = "2312.11456"
 

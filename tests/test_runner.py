@@ -14,6 +14,7 @@ import pytest
 from gsfh_utils.lab.claims import ClaimRegistry
 from gsfh_utils.lab.results import dump_results, read_results
 from gsfh_utils.lab.runner import (
+    NotebookKernelManager,
     NotebookRun,
     build_parser,
     canonical,
@@ -531,3 +532,21 @@ def test_a_run_is_quiet_and_leaves_no_kernel_sockets(tmp_path, capfd):
     assert [line.split(" ", 1)[0] for line in captured.err.splitlines()] == ["[1/1]", "[1/1]"]
     assert set(Path(tempfile.gettempdir()).glob("gsfh-kernel-*")) <= before
     assert sorted(p.name for p in folder.iterdir()) == ["01_base.ipynb"]
+
+
+def test_the_kernel_manager_interrupts_a_kernel_except_to_shut_it_down(monkeypatch):
+    import asyncio
+
+    from jupyter_client import AsyncKernelManager
+
+    interrupts = []
+
+    async def interrupt(self):
+        interrupts.append(self.shutting_down)
+
+    monkeypatch.setattr(AsyncKernelManager, "_async_interrupt_kernel", interrupt)
+    manager = NotebookKernelManager()
+    asyncio.run(manager._async_interrupt_kernel())
+    manager.shutting_down = True
+    asyncio.run(manager._async_interrupt_kernel())
+    assert interrupts == [False]

@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from jupyter_client import AsyncKernelManager
+
 from .io import REPOSITORY_ROOT, atomic_write_text, output_paths, promote
 from .parameters import PROFILES
 from .results import claims_frame, markdown_table, passing, read_results, text_table
@@ -147,6 +149,20 @@ def canonical(parameters: dict) -> bool:
     return parameters == {"profile": "full"}
 
 
+class NotebookKernelManager(AsyncKernelManager):
+    """The kernel manager of a run: shuts a kernel down by its shutdown request alone.
+
+    jupyter_client interrupts a kernel (SIGINT) before asking it to shut down, and a kernel that
+    is still finishing its last reply then logs "KeyboardInterrupt caught in kernel" into the
+    runner's output. When a run shuts its kernel down every cell has finished, so there is
+    nothing to interrupt; an interrupt at any other time goes through as usual.
+    """
+
+    async def _async_interrupt_kernel(self) -> None:
+        if not self.shutting_down:
+            await super()._async_interrupt_kernel()
+
+
 def kernel_config(sockets: Path):
     """The kernel's configuration for a run: IPC transport (Unix sockets ``<sockets>-1`` ...,
     reachable only through the file system) instead of unencrypted TCP on localhost, so the
@@ -174,7 +190,7 @@ def run_notebook(notebook: Path, parameters: dict, runs_dir: Path) -> NotebookRu
         papermill.execute_notebook(
             str(notebook), str(folder / notebook.name), parameters=parameters,
             cwd=str(notebook.parent), progress_bar=False, request_save_on_cell_execute=True,
-            config=kernel_config(sockets / "kernel"))
+            config=kernel_config(sockets / "kernel"), kernel_manager_class=NotebookKernelManager)
     except papermill.PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}".strip()
     except Exception as exc:  # kernel death, bad notebook JSON: report, keep going
