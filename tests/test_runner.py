@@ -536,6 +536,7 @@ def test_a_run_is_quiet_and_leaves_no_kernel_sockets(tmp_path, capfd):
 
 def test_the_kernel_manager_interrupts_a_kernel_except_to_shut_it_down(monkeypatch):
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from jupyter_client import AsyncKernelManager
 
@@ -544,9 +545,14 @@ def test_the_kernel_manager_interrupts_a_kernel_except_to_shut_it_down(monkeypat
     async def interrupt(self):
         interrupts.append(self.shutting_down)
 
+    def interrupt_in_a_fresh_event_loop(manager):
+        # Its own thread: the session's browser keeps an event loop running in this one.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, manager._async_interrupt_kernel()).result()
+
     monkeypatch.setattr(AsyncKernelManager, "_async_interrupt_kernel", interrupt)
     manager = NotebookKernelManager()
-    asyncio.run(manager._async_interrupt_kernel())
+    interrupt_in_a_fresh_event_loop(manager)
     manager.shutting_down = True
-    asyncio.run(manager._async_interrupt_kernel())
+    interrupt_in_a_fresh_event_loop(manager)
     assert interrupts == [False]
