@@ -139,3 +139,24 @@ def run_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("GSFH_RUN_DIR", str(folder))
     monkeypatch.delenv("GSFH_NOTEBOOK", raising=False)
     return folder
+
+
+class SmallRuns:
+    """Every notebook executed at most once per test session, at the small profile, into one
+    session folder: the notebook tests check these runs and the book tests render them."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self._runs = {}
+
+    def __call__(self, notebook):
+        from gsfh_utils.lab.runner import run_notebook
+
+        if notebook.stem not in self._runs:
+            self._runs[notebook.stem] = run_notebook(notebook, {"profile": "small"}, self.folder)
+        return self._runs[notebook.stem]
+
+
+@pytest.fixture(scope="session")
+def small_runs(tmp_path_factory) -> SmallRuns:
+    return SmallRuns(tmp_path_factory.mktemp("small-runs"))

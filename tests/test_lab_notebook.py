@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from gsfh_utils import lab
+from gsfh_utils.lab import provenance as provenance_module
 from gsfh_utils.lab.io import REPOSITORY_ROOT
 from gsfh_utils.lab.notebook import notebook_name, progress
 from gsfh_utils.lab.stats import TestResult
@@ -172,19 +173,61 @@ def test_a_second_start_clears_the_previous_runs_outputs(folder, figure):
 # --- provenance, names, progress, generators ----------------------------------------------------
 
 
-def test_provenance_records_versions_and_the_git_commit(folder):
+def test_provenance_records_versions_and_the_git_ids_of_the_code(folder):
     start()
     provenance = results(folder)["provenance"]
     versions = provenance["versions"]
     assert versions["torch"] == torch.__version__ and versions["numpy"] == numpy.__version__
     assert versions["pandas"] == pd.__version__
     assert {"python", "gsfh_utils", "scipy", "matplotlib"} <= versions.keys()
-    assert {"commit", "uncommitted_changes"} <= provenance["git"].keys()
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPOSITORY_ROOT,
+    git = provenance["git"]
+    assert set(git) == {"objects", "uncommitted_changes"}
+    assert set(git["objects"]) == {"gsfh_utils", "pyproject.toml", f"notebooks/{NAME}.ipynb"}
+    assert git["objects"][f"notebooks/{NAME}.ipynb"] is None  # no such notebook in git
+    tree = subprocess.run(["git", "rev-parse", "HEAD:gsfh_utils"], cwd=REPOSITORY_ROOT,
                           capture_output=True, text=True)
-    if head.returncode == 0:
-        assert provenance["git"]["commit"] == head.stdout.strip()
-        assert re.fullmatch("[0-9a-f]{40}", provenance["git"]["commit"])
+    if tree.returncode == 0:
+        assert git["objects"]["gsfh_utils"] == tree.stdout.strip()
+        assert re.fullmatch("[0-9a-f]{40}", git["objects"]["pyproject.toml"])
+
+
+def git(repository, *arguments):
+    subprocess.run(["git", "-C", str(repository), "-c", "user.name=t", "-c", "user.email=t@t",
+                    *arguments], check=True, capture_output=True)
+
+
+def test_git_state_ignores_commits_of_results_and_sees_changes_of_the_code(tmp_path,
+                                                                          monkeypatch):
+    """Committing results leaves the state (and so a rerun's results file) unchanged; changing
+    the package or the notebook shows as uncommitted changes, and committing them changes ids."""
+    monkeypatch.setattr(provenance_module, "REPOSITORY_ROOT", tmp_path)
+    assert provenance_module.git_state("01_x") == {
+        "objects": {"gsfh_utils": None, "pyproject.toml": None, "notebooks/01_x.ipynb": None},
+        "uncommitted_changes": None}  # not a git checkout
+    for path, text in (("gsfh_utils/a.py", "x = 1\n"), ("pyproject.toml", "[project]\n"),
+                       ("notebooks/01_x.ipynb", "{}\n"), ("notebooks/02_y.ipynb", "{}\n")):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-qm", "code")
+    first = provenance_module.git_state("01_x")
+    assert first["uncommitted_changes"] is False
+    assert all(re.fullmatch("[0-9a-f]{40}", value) for value in first["objects"].values())
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "01_x.json").write_text("{}\n")
+    (tmp_path / "notebooks" / "02_y.ipynb").write_text("[]\n")  # another notebook
+    assert provenance_module.git_state("01_x") == first
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-qm", "results")
+    assert provenance_module.git_state("01_x") == first
+    (tmp_path / "gsfh_utils" / "a.py").write_text("x = 2\n")
+    assert provenance_module.git_state("01_x") == {**first, "uncommitted_changes": True}
+    git(tmp_path, "commit", "-qam", "code changed")
+    changed = provenance_module.git_state("01_x")
+    assert changed["uncommitted_changes"] is False
+    assert changed["objects"]["gsfh_utils"] != first["objects"]["gsfh_utils"]
+    assert changed["objects"]["notebooks/01_x.ipynb"] == first["objects"]["notebooks/01_x.ipynb"]
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """Every notebook, executed by papermill at the small profile into a temporary run folder, with
-its claims, figures and outputs read back."""
+its claims, figures and outputs read back. The runs are the session's (``small_runs``), which
+the book tests render too, so each notebook runs once per session."""
 
 from __future__ import annotations
 
@@ -15,8 +16,7 @@ NOTEBOOKS = find_notebooks(REPOSITORY_ROOT / "notebooks")
 WARNING = re.compile(r"\b\w+Warning\b")
 
 
-def execute(notebook, runs_dir):
-    run = run_notebook(notebook, {"profile": "small"}, runs_dir)
+def check(run, notebook):
     assert run.error is None, f"{notebook.name} failed: {run.error}"
     return run
 
@@ -30,8 +30,8 @@ def output_texts(output) -> list[str]:
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_and_its_claims_hold(notebook, tmp_path):
-    run = execute(notebook, tmp_path)
+def test_notebook_runs_and_its_claims_hold(notebook, small_runs):
+    run = check(small_runs(notebook), notebook)
     results = run.results
     assert results["notebook"] == notebook.stem and results["profile"] == "small"
     assert results["complete"] is True
@@ -57,13 +57,14 @@ def test_notebook_runs_and_its_claims_hold(notebook, tmp_path):
 
 
 @pytest.mark.notebook
-def test_notebook_01_is_deterministic(tmp_path):
-    """Same seed, same results file and figure data, byte for byte."""
+def test_notebook_01_is_deterministic(tmp_path, small_runs):
+    """Same seed, same results file, figure data and figures, byte for byte."""
     notebook = next(p for p in NOTEBOOKS if p.stem.startswith("01_"))
-    first, second = (execute(notebook, tmp_path / name).folder for name in ("first", "second"))
+    first = check(small_runs(notebook), notebook).folder
+    second = check(run_notebook(notebook, {"profile": "small"}, tmp_path), notebook).folder
 
     def results(folder):
-        return {path.relative_to(folder): path.read_bytes()
-                for path in sorted((folder / "results").rglob("*")) if path.is_file()}
+        return {path.relative_to(folder): path.read_bytes() for kind in ("results", "figures")
+                for path in sorted((folder / kind).rglob("*")) if path.is_file()}
 
     assert results(first) == results(second)

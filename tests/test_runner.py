@@ -18,11 +18,13 @@ from hypothesis import strategies as st
 from gsfh_utils.lab.claims import ClaimRegistry
 from gsfh_utils.lab.results import dump_results, read_results
 from gsfh_utils.lab.runner import (
+    NotebookKernelManager,
     NotebookRun,
     build_parser,
     canonical,
     check_parameters,
     find_notebooks,
+    kernel_config,
     list_parameters,
     main,
     parse_value,
@@ -570,3 +572,48 @@ def test_property_any_mix_of_toy_notebooks_gives_the_right_summary_and_exit_code
     assert output.getvalue().strip().splitlines()[-1] == summary + (
         f": {', '.join(failed)}" if failed else "")
     assert code == (1 if failed else 0)
+
+
+def test_kernel_config_uses_ipc_sockets_at_the_given_path(tmp_path):
+    config = kernel_config(tmp_path / "kernel")
+    assert config.KernelManager.transport == "ipc"
+    assert config.KernelManager.ip == str(tmp_path / "kernel")
+
+
+@pytest.mark.notebook
+def test_a_run_is_quiet_and_leaves_no_kernel_sockets(tmp_path, capfd):
+    """The kernel (a child process writing to the same stderr) logs nothing: no warning about
+    unencrypted TCP, no KeyboardInterrupt at shutdown; its sockets are gone after the run."""
+    folder = tmp_path / "notebooks"
+    tiny(folder / "01_base.ipynb")
+    before = set(Path(tempfile.gettempdir()).glob("gsfh-kernel-*"))
+    assert main(["--profile", "small", *arguments(tmp_path, folder)]) == 0
+    captured = capfd.readouterr()
+    assert "IPKernelApp" not in captured.err and "WARNING" not in captured.err, captured.err
+    assert [line.split(" ", 1)[0] for line in captured.err.splitlines()] == ["[1/1]", "[1/1]"]
+    assert set(Path(tempfile.gettempdir()).glob("gsfh-kernel-*")) <= before
+    assert sorted(p.name for p in folder.iterdir()) == ["01_base.ipynb"]
+
+
+def test_the_kernel_manager_interrupts_a_kernel_except_to_shut_it_down(monkeypatch):
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jupyter_client import AsyncKernelManager
+
+    interrupts = []
+
+    async def interrupt(self):
+        interrupts.append(self.shutting_down)
+
+    def interrupt_in_a_fresh_event_loop(manager):
+        # Its own thread: the session's browser keeps an event loop running in this one.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, manager._async_interrupt_kernel()).result()
+
+    monkeypatch.setattr(AsyncKernelManager, "_async_interrupt_kernel", interrupt)
+    manager = NotebookKernelManager()
+    interrupt_in_a_fresh_event_loop(manager)
+    manager.shutting_down = True
+    interrupt_in_a_fresh_event_loop(manager)
+    assert interrupts == [False]

@@ -8,8 +8,10 @@
 - ``plotting``: the style, ``savefig`` and the figure functions of every chapter.
 - ``results``: the results files and the claims tables made from them.
 - ``io``: run folders, atomic writes, the promotion of a passing run.
-- ``provenance``: package, library versions and git commit of a run.
+- ``provenance``: package and library versions, git object ids of the code of a run.
 - ``runner``: ``python -m gsfh_utils.lab.runner`` executes the notebooks with papermill.
+- ``verify``: ``python -m gsfh_utils.lab.verify`` reruns them and compares every claim with the
+  committed results.
 """
 
 from .claims import ClaimFailed

@@ -66,7 +66,7 @@ class Notebook:
         self.figures: dict[str, dict] = {}
         self.tables: dict[str, str] = {}
         self.complete = False
-        self._provenance = provenance()
+        self._provenance = provenance(name)
         for kind in ("data", "figures"):  # a fresh run: nothing left from an earlier one
             _clear(self.paths[kind])
         self.paths["results"].unlink(missing_ok=True)

@@ -19,7 +19,10 @@ _METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer"
 def set_style() -> None:
     """The companion's plotting style (seaborn whitegrid, readable sizes)."""
     sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
-    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "figure.figsize": (6.4, 4.2)})
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "figure.figsize": (6.4, 4.2),
+                         # SVG ids from a fixed salt, not a random one: the same figure, the
+                         # same bytes (PNG and PDF drop their dated metadata in savefig).
+                         "svg.hashsalt": "gsfh"})
 
 
 def savefig(fig, folder: Path, name: str) -> dict[str, Path]:

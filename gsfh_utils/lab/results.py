@@ -2,11 +2,11 @@
 
 A results file ``results/<notebook>.json`` holds: ``notebook``, ``profile``, ``seed``,
 ``explore``, ``complete`` (false while the run is going or if it stopped early), ``parameters``
-(all of them, profile sizes filled in), ``provenance`` (versions, git commit), ``claims`` (see
-``gsfh_utils.lab.claims``), ``skipped`` claims with their reasons, and the paths of the
-``figures`` and ``tables`` written beside it, each with its tidy data as CSV. Numbers are written
-with ``SIGNIFICANT_DIGITS`` significant digits, so a rerun on the same machine rewrites the same
-bytes and a rerun elsewhere changes only what moved beyond round-off.
+(all of them, profile sizes filled in), ``provenance`` (versions, git ids of the code),
+``claims`` (see ``gsfh_utils.lab.claims``), ``skipped`` claims with their reasons, and the paths
+of the ``figures`` and ``tables`` written beside it, each with its tidy data as CSV. Numbers are
+written with ``SIGNIFICANT_DIGITS`` significant digits, so a rerun on the same machine rewrites
+the same bytes and a rerun elsewhere changes only what moved beyond round-off.
 """
 
 from __future__ import annotations

@@ -21,9 +21,12 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from jupyter_client import AsyncKernelManager
 
 from .io import REPOSITORY_ROOT, atomic_write_text, output_paths, promote
 from .parameters import PROFILES
@@ -146,6 +149,30 @@ def canonical(parameters: dict) -> bool:
     return parameters == {"profile": "full"}
 
 
+class NotebookKernelManager(AsyncKernelManager):
+    """The kernel manager of a run: shuts a kernel down by its shutdown request alone.
+
+    jupyter_client interrupts a kernel (SIGINT) before asking it to shut down, and a kernel that
+    is still finishing its last reply then logs "KeyboardInterrupt caught in kernel" into the
+    runner's output. When a run shuts its kernel down every cell has finished, so there is
+    nothing to interrupt; an interrupt at any other time goes through as usual.
+    """
+
+    async def _async_interrupt_kernel(self) -> None:
+        if not self.shutting_down:
+            await super()._async_interrupt_kernel()
+
+
+def kernel_config(sockets: Path):
+    """The kernel's configuration for a run: IPC transport (Unix sockets ``<sockets>-1`` ...,
+    reachable only through the file system) instead of unencrypted TCP on localhost, so the
+    kernel has nothing to warn about. ``sockets`` must be absolute and unique to the run (two
+    runs at once must not share sockets) and short (a socket path has at most 107 bytes)."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(sockets)}})
+
+
 def run_notebook(notebook: Path, parameters: dict, runs_dir: Path) -> NotebookRun:
     """Execute one notebook into a fresh ``runs_dir/<notebook>/``; never raises for a failure
     inside the notebook."""
@@ -158,15 +185,18 @@ def run_notebook(notebook: Path, parameters: dict, runs_dir: Path) -> NotebookRu
     saved = {key: os.environ.get(key) for key in environment}
     os.environ.update(environment)
     start, error = time.perf_counter(), None
+    sockets = Path(tempfile.mkdtemp(prefix="gsfh-kernel-"))
     try:
         papermill.execute_notebook(
             str(notebook), str(folder / notebook.name), parameters=parameters,
-            cwd=str(notebook.parent), progress_bar=False, request_save_on_cell_execute=True)
+            cwd=str(notebook.parent), progress_bar=False, request_save_on_cell_execute=True,
+            config=kernel_config(sockets / "kernel"), kernel_manager_class=NotebookKernelManager)
     except papermill.PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}".strip()
     except Exception as exc:  # kernel death, bad notebook JSON: report, keep going
         error = f"{type(exc).__name__}: {exc}"
     finally:
+        shutil.rmtree(sockets, ignore_errors=True)
         for key, value in saved.items():
             os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
     seconds = time.perf_counter() - start
