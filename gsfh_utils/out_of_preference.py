@@ -32,8 +32,14 @@ from dataclasses import dataclass
 import torch
 
 from ._validation import check_eta, check_positive_int, check_positive_number
-from .dpo import train_dpo_linear
-from .estimation import CHUNK_BYTES, fit_bt_mle
+from .dpo import (
+    chosen_rejected,
+    one_hot_features,
+    pair_feature_diffs,
+    train_dpo_linear,
+    train_dpo_tabular,
+)
+from .estimation import CHUNK_BYTES, bt_gradient, fit_bt_mle
 from .gibbs import gibbs_policy, kl_divergence, log_partition, regularized_value
 from .policy_optimization import PO_TOLERANCE, log_linear_policy, optimize_policy
 from .sampling import sample_categorical
@@ -271,9 +277,7 @@ def tabular_coincidence(bandit, data, *, reg: float):
     allow, as in ``dpo.dpo_mle_agreement``: both objectives are ``reg``-strongly convex in the
     logits times ``eta``, so the two are within ``(g_DPO + g_MLE) / reg`` there, which moves a
     log-probability by at most twice that over ``eta``; plus float64 round-off."""
-    from .dpo import chosen_rejected, one_hot_features, pair_feature_diffs, train_dpo_tabular
-    from .estimation import bt_gradient
-    from .lab.stats import roundoff_tolerance
+    from .lab.stats import roundoff_tolerance  # the package does not import lab at load time
 
     chosen, rejected = chosen_rejected(first=data.first_actions, second=data.second_actions,
                                        labels=data.labels)
