@@ -15,7 +15,10 @@ Uncertainty is measured against the reference vectors ``nu(x) = E_{a ~ pi0} phi(
   ``f(pi) = <theta_hat, v(pi)> - beta ||v(pi)||_{Sigma^-1} - eta E_x KL(pi || pi0)`` with
   ``v(pi) = E_{x ~ d0, a ~ pi}[phi(x,a) - nu(x)]``, solved through its dual with a certified
   duality gap.
-- The bounds of both on the event ``||theta_hat - theta*||_Sigma <= beta`` (value-difference lemma).
+- The bounds of both on the event ``||theta_hat - theta*||_Sigma <= beta`` (value-difference lemma),
+  the pointwise one optionally with its KL term.
+- The fast rate of MLE then Gibbs: ``asymptotic_suboptimality`` (``lim n E[SubOpt]``) from the
+  Fisher information of one comparison.
 - ``trap_instance``: a bandit whose coverage is a dial; ``fit_offline_grid`` and
   ``evaluate_offline``: the experiment of notebook 02, batched over seeds.
 """
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validation import as_float64, check_positive_int
+from ._validation import as_float64, check_positive_int, check_probs
 from .estimation import (
     bootstrap_radius,
     fit_bt_mle,
@@ -356,13 +359,68 @@ def expected_pessimism_mirror_ascent(bandit: LinearBTBandit, *, theta_hat, sigma
     return policy
 
 
-def pointwise_bound(bandit: LinearBTBandit, comparator, *, sigma, beta) -> torch.Tensor:
+def pointwise_bound(bandit: LinearBTBandit, comparator, *, sigma, beta,
+                    pessimistic_policy=None) -> torch.Tensor:
     """``2 beta E_{x ~ d0, a ~ pi} ||phi(x,a) - nu(x)||_{Sigma^{-1}}``: on the confidence event,
     an upper bound on ``J(pi) - J(pi_hat)`` for the pointwise-pessimistic ``pi_hat`` and any
-    comparator ``pi`` (section 3 of the paper; derived in notebook 02)."""
+    comparator ``pi`` (section 3 of the paper; derived in notebook 02).
+
+    With ``pessimistic_policy = pi_hat [..., X, K]`` the bound keeps the KL term of the
+    value-difference lemma, ``- eta E_x KL(pi || pi_hat)``: the tighter bound, also valid on the
+    event (the lemma is an equality, and only its reward terms are bounded).
+    """
     bonus = action_uncertainty(bandit, sigma)
-    expected = (bonus * as_float64(comparator) * bandit.context_probs.unsqueeze(-1)).sum((-1, -2))
-    return 2 * as_float64(beta) * expected
+    comparator = as_float64(comparator)
+    expected = (bonus * comparator * bandit.context_probs.unsqueeze(-1)).sum((-1, -2))
+    bound = 2 * as_float64(beta) * expected
+    if pessimistic_policy is None:
+        return bound
+    return bound - bandit.eta * bandit.expected_kl(comparator, as_float64(pessimistic_policy))
+
+
+def comparison_fisher_information(bandit: LinearBTBandit, behaviour) -> torch.Tensor:
+    """Fisher information of one Bradley-Terry comparison about ``theta`` at ``theta*``,
+    ``I = E_{x ~ d0, a, a' ~ mu(.|x)}[sigma'(<theta*, z>) z z^T]`` with ``z = phi(x,a) -
+    phi(x,a')`` and ``sigma' = sigmoid (1 - sigmoid)``, for pairs drawn from ``behaviour = mu
+    [X, K]`` as in ``fit_offline_grid``: shape ``[d, d]``. ``n I`` is the expected Hessian of
+    the negative log-likelihood of ``n`` comparisons, so ``sqrt(n) (theta_hat - theta*)`` tends
+    to ``N(0, I^+)`` on the directions the comparisons identify."""
+    behaviour = check_probs(as_float64(behaviour), "behaviour")
+    if behaviour.shape != bandit.ref_probs.shape:
+        raise ValueError(f"behaviour must have shape {tuple(bandit.ref_probs.shape)}, got "
+                         f"{tuple(behaviour.shape)}")
+    features = bandit.features
+    diffs = features.unsqueeze(-2) - features.unsqueeze(-3)  # [X, K, K, d]
+    margins = torch.einsum("xabd,d->xab", diffs, bandit.theta_star)
+    weights = (bandit.context_probs[:, None, None] * behaviour.unsqueeze(-1)
+               * behaviour.unsqueeze(-2) * torch.sigmoid(margins) * torch.sigmoid(-margins))
+    return torch.einsum("xab,xabd,xabe->de", weights, diffs, diffs)
+
+
+def asymptotic_suboptimality(bandit: LinearBTBandit, behaviour) -> float:
+    """``lim_{n -> inf} n E[J(pi*) - J(pi_hat)]`` for MLE then Gibbs (``pi_hat`` the Gibbs policy
+    of ``<theta_hat, phi>``) from ``n`` comparisons drawn from ``behaviour = mu``:
+    ``tr(C I^+) / (2 eta)``.
+
+    Derivation (notebook 02): by the gap identity the suboptimality is ``eta E_x KL(pi_hat ||
+    pi*)``; with ``Delta = theta_hat - theta*`` its second-order expansion is ``Delta^T C Delta /
+    (2 eta)``, ``C = E_x Cov_{pi*(.|x)}[phi(x, .)]`` (the same for either direction of the KL),
+    and ``n E[Delta Delta^T] -> I^+`` (``comparison_fisher_information``; the ridge's bias is
+    ``O(1/n)``, so its share of ``n E[SubOpt]`` vanishes). ``C`` must live on the directions the
+    comparisons identify (``mu`` covering the support of ``pi*``), else the limit is infinite and
+    a ``ValueError`` is raised (Zhao et al., arXiv:2411.04625, for the ``1/n`` rate).
+    """
+    information = comparison_fisher_information(bandit, behaviour)
+    # Hessian of F(theta) = eta E_x log E_{pi0} exp(<theta, phi - nu>/eta) at theta* is C / eta.
+    _, _, curvature = _dual_pieces(bandit.theta_star, bandit.features, bandit.ref_probs,
+                                   bandit.context_probs, _diffs(bandit), bandit.eta)
+    pseudo_inverse = torch.linalg.pinv(information, hermitian=True, rtol=1e-10)
+    projector = information @ pseudo_inverse
+    outside = (curvature - projector @ curvature @ projector).norm()
+    if outside > 1e-8 * curvature.norm():
+        raise ValueError("behaviour does not identify the directions pi* plays: the comparisons "
+                         "must cover the support of pi*")
+    return float(0.5 * torch.trace(curvature @ pseudo_inverse))
 
 
 def expected_bound(bandit: LinearBTBandit, comparator, *, sigma, beta) -> torch.Tensor:
@@ -518,7 +576,8 @@ def evaluate_offline(instance: TrapInstance, fits: OfflineFits, *, radii: dict,
     ``radii``: named confidence radii ``beta``, each a number or a tensor broadcasting against
     ``[M, N, S]`` (e.g. the per-data-set bootstrap radius). Returns ``"none"`` (MLE then Gibbs,
     ``[M, N, S]``) and, for each radius name, dicts ``"pointwise"``, ``"expected"``,
-    ``"pointwise_bound"``, ``"expected_bound"`` (including the solver's certified duality gap)
+    ``"pointwise_bound"``, ``"pointwise_kl_bound"`` (the bound with its KL term),
+    ``"expected_bound"`` (including the solver's certified duality gap)
     and ``"duality_gap"``, each ``[M, N, S]``. ``eta`` defaults to the instance's; otherwise the
     comparator is the Gibbs policy ``pi*`` at that ``eta``.
     """
@@ -527,16 +586,19 @@ def evaluate_offline(instance: TrapInstance, fits: OfflineFits, *, radii: dict,
     optimal = bandit.optimal_policy()
     results = {"none": bandit.suboptimality(
         pointwise_pessimistic_policy(bandit, **estimates, beta=0.0))}
-    for key in ("pointwise", "expected", "pointwise_bound", "expected_bound", "duality_gap"):
+    for key in ("pointwise", "expected", "pointwise_bound", "pointwise_kl_bound",
+                "expected_bound", "duality_gap"):
         results[key] = {}
     for name, beta in radii.items():
         beta = as_float64(beta)
         expected = expected_pessimism_policy(bandit, **estimates, beta=beta)
-        results["pointwise"][name] = bandit.suboptimality(
-            pointwise_pessimistic_policy(bandit, **estimates, beta=beta))
+        pointwise = pointwise_pessimistic_policy(bandit, **estimates, beta=beta)
+        results["pointwise"][name] = bandit.suboptimality(pointwise)
         results["expected"][name] = bandit.suboptimality(expected.policy)
         results["pointwise_bound"][name] = pointwise_bound(bandit, optimal, sigma=fits.sigma,
                                                            beta=beta)
+        results["pointwise_kl_bound"][name] = pointwise_bound(
+            bandit, optimal, sigma=fits.sigma, beta=beta, pessimistic_policy=pointwise)
         results["expected_bound"][name] = (expected_bound(bandit, optimal, sigma=fits.sigma,
                                                           beta=beta) + expected.duality_gap)
         results["duality_gap"][name] = expected.duality_gap

@@ -1,0 +1,160 @@
+"""Tests of the pointwise bound with its KL term and of the fast rate of MLE then Gibbs
+(``gsfh_utils.offline``: ``pointwise_bound(..., pessimistic_policy=...)``,
+``comparison_fisher_information``, ``asymptotic_suboptimality``).
+
+Independent computations: the value-difference lemma evaluated term by term by enumeration,
+``theta*`` placed on the boundary of the confidence ellipsoid by hand, explicit loops over every
+pair of actions (Fisher information), autograd's Hessian of the exact suboptimality (the
+curvature), and a Monte Carlo of the ridge MLE at large ``n`` (the limit).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import examples
+from hypothesis import given
+from hypothesis import strategies as st
+
+import gsfh_utils as gu
+from gsfh_utils import estimation, offline
+from gsfh_utils.gibbs import gibbs_policy
+
+
+def problem(seed, *, num_contexts=3, num_actions=4, dim=3, eta=0.5, norm=1.5):
+    """A random bandit with ``||theta*|| = norm`` and a random design ``Sigma``."""
+    generator = torch.Generator().manual_seed(seed)
+    bandit = gu.LinearBTBandit.random(num_contexts=num_contexts, num_actions=num_actions,
+                                      dim=dim, norm_bound=norm, eta=eta, generator=generator)
+    root = torch.randn(dim, dim, dtype=torch.float64, generator=generator)
+    sigma = root @ root.T + 0.5 * torch.eye(dim, dtype=torch.float64)
+    return bandit, sigma, generator
+
+
+def value_difference(bandit, comparator, policy, reward_estimate):
+    """``E_x[E_pi(r* - r_hat) - E_pi_hat(r* - r_hat)] - eta E_x KL(pi || pi_hat)``, term by term
+    (``policy`` the Gibbs policy of ``reward_estimate``)."""
+    gap = bandit.rewards() - reward_estimate
+    first = (comparator * gap).sum(-1)
+    second = (policy * gap).sum(-1)
+    kl = (comparator * (comparator.log() - policy.log())).sum(-1)
+    return ((first - second - bandit.eta * kl) * bandit.context_probs).sum(-1)
+
+
+@given(st.integers(0, 10_000), st.floats(0.05, 5.0), st.floats(0.0, 3.0))
+@examples(40)
+def test_value_difference_lemma_by_enumeration(seed, eta, beta):
+    """J(pi) - J(pi_hat) equals the lemma's right-hand side for any comparator and any radius."""
+    bandit, sigma, generator = problem(seed, eta=eta)
+    theta_hat = torch.randn(bandit.dim, dtype=torch.float64, generator=generator)
+    reward = offline.pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                   beta=beta)
+    policy = gibbs_policy(bandit.ref_probs, reward, eta)
+    comparator = torch.softmax(torch.randn(bandit.num_contexts, bandit.num_actions,
+                                           dtype=torch.float64, generator=generator), -1)
+    lemma = value_difference(bandit, comparator, policy, reward)
+    direct = bandit.value(comparator) - bandit.value(policy)
+    assert torch.allclose(direct, lemma, rtol=1e-10, atol=1e-12)
+
+
+@given(st.integers(0, 10_000), st.floats(0.05, 5.0), st.floats(0.1, 3.0),
+       st.floats(0.0, 1.0))
+@examples(40)
+def test_kl_bound_holds_on_the_event_and_is_tighter(seed, eta, beta, where):
+    """theta_hat at Sigma-distance ``where * beta`` of theta* (on the event): J(pi*) - J(pi_hat)
+    <= the bound with the KL term <= the bound without it."""
+    bandit, sigma, generator = problem(seed, eta=eta)
+    direction = torch.randn(bandit.dim, dtype=torch.float64, generator=generator)
+    direction = direction / estimation.sigma_norm(direction, sigma)
+    theta_hat = bandit.theta_star + where * beta * direction
+    policy = offline.pointwise_pessimistic_policy(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                  beta=beta)
+    optimal = bandit.optimal_policy()
+    tight = offline.pointwise_bound(bandit, optimal, sigma=sigma, beta=beta,
+                                    pessimistic_policy=policy)
+    loose = offline.pointwise_bound(bandit, optimal, sigma=sigma, beta=beta)
+    suboptimality = bandit.suboptimality(policy)
+    slack = 1e-10 * (1 + loose.abs())
+    assert suboptimality <= tight + slack
+    assert tight <= loose + slack
+    kl = bandit.expected_kl(optimal, policy)
+    assert torch.allclose(loose - tight, eta * kl, rtol=1e-12, atol=1e-14)
+
+
+def test_kl_bound_is_batched_like_the_loose_one():
+    bandit, sigma, generator = problem(3)
+    theta_hat = torch.randn(5, bandit.dim, dtype=torch.float64, generator=generator)
+    beta = torch.tensor([0.0, 0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
+    policy = offline.pointwise_pessimistic_policy(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                  beta=beta)
+    tight = offline.pointwise_bound(bandit, bandit.optimal_policy(), sigma=sigma, beta=beta,
+                                    pessimistic_policy=policy)
+    assert tight.shape == (5,)
+    for index in range(5):
+        single = offline.pointwise_bound(bandit, bandit.optimal_policy(), sigma=sigma,
+                                         beta=beta[index], pessimistic_policy=policy[index])
+        assert torch.allclose(tight[index], single, rtol=1e-13)
+
+
+def test_fisher_information_by_explicit_loops():
+    bandit, _, generator = problem(11, num_contexts=2, num_actions=3)
+    behaviour = torch.softmax(torch.randn(2, 3, dtype=torch.float64, generator=generator), -1)
+    expected = torch.zeros(bandit.dim, bandit.dim, dtype=torch.float64)
+    for x in range(2):
+        for a in range(3):
+            for b in range(3):
+                z = bandit.features[x, a] - bandit.features[x, b]
+                p = torch.sigmoid(z @ bandit.theta_star)
+                weight = bandit.context_probs[x] * behaviour[x, a] * behaviour[x, b]
+                expected += weight * p * (1 - p) * torch.outer(z, z)
+    information = offline.comparison_fisher_information(bandit, behaviour)
+    assert torch.allclose(information, expected, rtol=1e-13, atol=1e-15)
+
+
+@given(st.integers(0, 10_000), st.floats(0.1, 5.0))
+@examples(20)
+def test_limit_is_half_the_trace_of_the_suboptimality_hessian_against_i_inverse(seed, eta):
+    """tr(C I^+) / (2 eta) with C / eta the Hessian in theta of the exact J(pi*) - J(pi_theta)
+    at theta* (autograd through the Gibbs policy; the second-order term of the derivation)."""
+    bandit, _, _ = problem(seed, eta=eta)
+    behaviour = torch.full_like(bandit.ref_probs, 1 / bandit.num_actions)
+
+    def suboptimality(theta):
+        return bandit.suboptimality(gibbs_policy(bandit.ref_probs, bandit.rewards(theta), eta))
+
+    hessian = torch.autograd.functional.hessian(suboptimality, bandit.theta_star.clone())
+    information = offline.comparison_fisher_information(bandit, behaviour)
+    expected = 0.5 * torch.trace(hessian @ torch.linalg.inv(information))
+    assert offline.asymptotic_suboptimality(bandit, behaviour) == pytest.approx(
+        expected.item(), rel=1e-7)
+
+
+def test_limit_matches_a_monte_carlo_of_the_mle():
+    """n E[SubOpt] of MLE then Gibbs at n = 20000 over 400 data sets against the limit, within
+    four standard errors plus 5% for the O(n^-1/2) relative terms the limit drops."""
+    bandit, _, generator = problem(5, num_contexts=3, num_actions=4, dim=3, eta=0.5)
+    behaviour = torch.full_like(bandit.ref_probs, 1 / bandit.num_actions)
+    size, seeds = 20_000, 400
+    data = bandit.sample_preferences(size, behaviour, behaviour, generator, (seeds,))
+    theta_hat = estimation.fit_bt_mle(data.feature_diffs, data.labels, 1.0)
+    policy = gibbs_policy(bandit.ref_probs, bandit.rewards(theta_hat), bandit.eta)
+    scaled = size * bandit.suboptimality(policy)
+    limit = offline.asymptotic_suboptimality(bandit, behaviour)
+    error = scaled.std() / seeds**0.5
+    assert abs(scaled.mean() - limit) <= 4 * error + 0.05 * limit
+
+
+def test_limit_needs_the_directions_pi_star_plays():
+    """A behaviour that never compares two actions of a context where pi* plays several leaves a
+    direction of C unidentified: the limit is infinite, a ValueError."""
+    features = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]], dtype=torch.float64)
+    bandit = gu.LinearBTBandit(features, torch.tensor([0.5, -0.5], dtype=torch.float64),
+                               torch.full((1, 3), 1 / 3, dtype=torch.float64),
+                               torch.ones(1, dtype=torch.float64), 1.0)
+    only_two = torch.tensor([[0.5, 0.0, 0.5]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="identify"):
+        offline.asymptotic_suboptimality(bandit, only_two)
+    with pytest.raises(ValueError, match="behaviour"):
+        offline.comparison_fisher_information(bandit, torch.ones(2, 3) / 3)
+    with pytest.raises(ValueError, match="behaviour"):
+        offline.comparison_fisher_information(bandit, torch.ones(1, 3))
