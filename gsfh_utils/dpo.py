@@ -42,6 +42,39 @@ REFERENCES = ("fixed", "previous")
 DPO_TOLERANCE = 1e-9
 
 
+def _dpo_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                **others) -> torch.Tensor:
+    """``h = (log pi(a_w) - log pi_ref(a_w)) - (log pi(a_l) - log pi_ref(a_l))``, the four inputs
+    (and any ``others``, by name) checked as float tensors without NaN that broadcast together;
+    ``others`` are broadcast to the margin's shape and returned after it."""
+    tensors = []
+    named = {"policy_chosen_logps": policy_chosen_logps,
+             "policy_rejected_logps": policy_rejected_logps,
+             "ref_chosen_logps": ref_chosen_logps, "ref_rejected_logps": ref_rejected_logps,
+             **others}
+    for name, value in named.items():
+        if not isinstance(value, torch.Tensor):
+            try:
+                value = torch.as_tensor(value, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise ValueError(f"{name} must be a tensor of numbers") from exc
+        if not value.is_floating_point():
+            value = value.to(torch.float64)
+        if torch.isnan(value).any():
+            raise ValueError(f"{name} must not contain NaN")
+        tensors.append(value)
+    try:
+        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    except RuntimeError as exc:
+        raise ValueError(f"the tensors {list(named)} must broadcast together: shapes "
+                         f"{[tuple(t.shape) for t in tensors]}") from exc
+    pc, pr, rc, rr = tensors[:4]
+    margin = (pc - rc) - (pr - rr)
+    if not others:
+        return margin
+    return margin, *(t.expand(shape) for t in tensors[4:])
+
+
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
              eta, loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> torch.Tensor:
     """Per-pair DPO loss (Rafailov et al. 2023, eq. 7; variants as in the reference
@@ -70,28 +103,8 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     if label_smoothing and loss_type != "sigmoid":
         raise ValueError(f"label_smoothing applies only to loss_type='sigmoid', got {loss_type!r}")
     eta = check_positive_number(eta, "eta")
-    tensors = []
-    for name, value in [("policy_chosen_logps", policy_chosen_logps),
-                        ("policy_rejected_logps", policy_rejected_logps),
-                        ("ref_chosen_logps", ref_chosen_logps),
-                        ("ref_rejected_logps", ref_rejected_logps)]:
-        if not isinstance(value, torch.Tensor):
-            try:
-                value = torch.as_tensor(value, dtype=torch.float64)
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise ValueError(f"{name} must be a tensor of log-probabilities") from exc
-        if not value.is_floating_point():
-            value = value.to(torch.float64)
-        if torch.isnan(value).any():
-            raise ValueError(f"{name} must not contain NaN")
-        tensors.append(value)
-    try:
-        torch.broadcast_shapes(*(t.shape for t in tensors))
-    except RuntimeError as exc:
-        raise ValueError("the four log-probability tensors must broadcast together: shapes "
-                         f"{[tuple(t.shape) for t in tensors]}") from exc
-    pc, pr, rc, rr = tensors
-    margin = (pc - rc) - (pr - rr)
+    margin = _dpo_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                         ref_rejected_logps)
     if loss_type == "sigmoid":
         loss = F.softplus(-eta * margin)  # -log sigmoid(eta h), stable
         if label_smoothing:
@@ -100,6 +113,39 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     if loss_type == "ipo":
         return (margin - 1 / (2 * eta)) ** 2
     return torch.relu(1 - eta * margin)
+
+
+def pessimistic_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                         ref_rejected_logps, *, chosen_uncertainty, rejected_uncertainty, eta,
+                         beta) -> torch.Tensor:
+    """Per-pair DPO loss of pointwise pessimism (section 3 of arXiv:2312.11456 written as a loss;
+    notebook 08):
+
+    ``-log sigmoid(eta h + beta (b_w - b_l))``, with ``h`` the DPO margin of ``dpo_loss`` and
+    ``b_w``, ``b_l`` the uncertainties ``||phi(x, a) - nu(x)||_{Sigma^{-1}}`` of the chosen and
+    rejected responses (``offline.action_uncertainty``).
+
+    Why: the argument is the Bradley-Terry margin of the reward ``eta log(pi/pi_ref) + beta b``,
+    so at the minimum (over a class rich enough) that reward is the MLE ``r_hat``, and the implicit
+    reward ``eta log(pi/pi_ref)`` is the pessimistic ``r_hat - beta b``: ``pi`` is the Gibbs policy
+    of the pointwise-pessimistic reward. ``beta = 0`` gives the sigmoid ``dpo_loss``. Inputs
+    broadcast together (no reduction); the uncertainties are finite and non-negative.
+    """
+    try:
+        beta = float(beta)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"beta must be a finite non-negative number, got {beta!r}") from exc
+    if not (math.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta must be finite and non-negative, got {beta!r}")
+    eta = check_positive_number(eta, "eta")
+    margin, chosen_uncertainty, rejected_uncertainty = _dpo_margin(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+        chosen_uncertainty=chosen_uncertainty, rejected_uncertainty=rejected_uncertainty)
+    for name, value in [("chosen_uncertainty", chosen_uncertainty),
+                        ("rejected_uncertainty", rejected_uncertainty)]:
+        if not torch.isfinite(value).all() or (value < 0).any():
+            raise ValueError(f"{name} must be finite and non-negative")
+    return F.softplus(-(eta * margin + beta * (chosen_uncertainty - rejected_uncertainty)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,7 +221,8 @@ def dpo_objective_linear(w, chosen_minus_rejected, *, eta: float, reg: float,
 
 def train_dpo_linear(chosen_minus_rejected, *, eta: float, reg: float,
                      loss_type: str = "sigmoid", label_smoothing: float = 0.0, weights=None,
-                     tol: float = DPO_TOLERANCE, max_iter: int = 100) -> DPOFit:
+                     tol: float = DPO_TOLERANCE, max_iter: int = 100, margin_offsets=None,
+                     ridge_center=None) -> DPOFit:
     """Minimise the regularised DPO objective over the linear-softmax class (batched).
 
     Objective: ``L(w) = sum_i weight_i l(<w, z_i>) + reg/2 ||eta w||^2`` with ``l`` the per-pair
@@ -188,6 +235,12 @@ def train_dpo_linear(chosen_minus_rejected, *, eta: float, reg: float,
     ``sum l''(h_i) z_i z_i^T + reg eta^2 I`` (positive definite: ``l`` is convex); Armijo
     backtracking. Converged when the gradient in ``theta`` units, ``||grad_w L|| / eta``, is at
     most ``tol`` for every problem of the batch. Only smooth losses (``sigmoid``, ``ipo``).
+
+    ``margin_offsets [..., n]`` (default 0) are added to the margins, ``h_i = <w, z_i> + o_i``,
+    and ``ridge_center [..., d]`` (default 0, in ``theta`` units) moves the ridge to
+    ``reg/2 ||eta w - c||^2``: with ``o_i = (u(chosen_i) - u(rejected_i)) / eta`` and
+    ``c = -u`` this is the pessimistic DPO objective with the ridge on the total reward
+    ``eta w + u`` (``train_dpo_tabular``'s ``bonus``).
     """
     if loss_type not in SMOOTH_LOSS_TYPES:
         if loss_type in LOSS_TYPES:
@@ -202,24 +255,28 @@ def train_dpo_linear(chosen_minus_rejected, *, eta: float, reg: float,
         raise ValueError(f"tol must be positive, got {tol!r}")
     z, weights = _check_pairs(chosen_minus_rejected, weights)
     leading, (num_pairs, dim) = z.shape[:-2], z.shape[-2:]
+    offsets = _broadcast_finite(margin_offsets, z.shape[:-1], "margin_offsets")
+    center = _broadcast_finite(ridge_center, (*leading, dim), "ridge_center") / eta
     z = z.reshape(-1, num_pairs, dim)
     weights = weights.reshape(-1, num_pairs)
     batch = z.shape[0]
+    offsets, center = offsets.reshape(batch, num_pairs), center.reshape(batch, dim)
     z_t = z.transpose(1, 2).contiguous()  # [b, d, n]
     penalty = reg * eta**2
     eye = torch.eye(dim, dtype=torch.float64)
     w = torch.zeros(batch, dim, dtype=torch.float64)
-    margins = torch.zeros(batch, num_pairs, dtype=torch.float64)
+    margins = offsets.clone()
 
     def objective_at(m, w_):
         zeros = torch.zeros_like(m)
         loss = dpo_loss(m, zeros, zeros, zeros, eta, loss_type, label_smoothing)
-        return (weights * loss).sum(-1) + 0.5 * penalty * (w_ * w_).sum(-1)
+        return (weights * loss).sum(-1) + 0.5 * penalty * ((w_ - center) ** 2).sum(-1)
 
     objective = objective_at(margins, w)
     for iteration in range(max_iter + 1):
         _, first, second = _margin_derivatives(margins, eta, loss_type, label_smoothing)
-        gradient = torch.bmm((weights * first).unsqueeze(1), z).squeeze(1) + penalty * w
+        gradient = (torch.bmm((weights * first).unsqueeze(1), z).squeeze(1)
+                    + penalty * (w - center))
         grad_norm = gradient.norm(dim=-1) / eta
         if bool((grad_norm <= tol).all()) or iteration == max_iter:
             break
@@ -234,6 +291,21 @@ def train_dpo_linear(chosen_minus_rejected, *, eta: float, reg: float,
                            f"gradient norm {grad_norm.max().item():.3g} > tol = {tol:.3g}")
     w = w.reshape(*leading, dim)
     return DPOFit(w=w, theta=eta * w, grad_norm=grad_norm.reshape(leading), iterations=iteration)
+
+
+def _broadcast_finite(value, shape, name: str) -> torch.Tensor:
+    """``value`` (``None``: zeros) as a finite float64 tensor of ``shape``."""
+    if value is None:
+        return torch.zeros(shape, dtype=torch.float64)
+    value = torch.as_tensor(value, dtype=torch.float64)
+    try:
+        value = value.expand(shape)
+    except RuntimeError as exc:
+        raise ValueError(f"{name} (shape {tuple(value.shape)}) must broadcast against "
+                         f"{tuple(shape)}") from exc
+    if not torch.isfinite(value).all():
+        raise ValueError(f"{name} must be finite")
+    return value
 
 
 def one_hot_features(num_contexts: int, num_actions: int) -> torch.Tensor:
@@ -270,20 +342,39 @@ def linear_policy(ref_probs, *, features, w) -> torch.Tensor:
 
 def train_dpo_tabular(ref_probs, *, contexts, chosen, rejected, eta: float, reg: float,
                       loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-                      tol: float = DPO_TOLERANCE, max_iter: int = 100):
+                      tol: float = DPO_TOLERANCE, max_iter: int = 100, bonus=None):
     """DPO over the tabular softmax class: one free logit per (context, action) (batched).
 
     The policy is ``softmax(log pi_ref + w)`` with ``w [..., X, K]``; this is the linear class with
     one-hot features, and the ridge ``reg/2 ||eta w||^2`` makes the minimiser unique. Returns
     ``(policy [..., X, K], fit)`` with ``fit.w`` reshaped to ``[..., X, K]``. ``ref_probs`` is
     ``[X, K]`` (shared) and the pair indices ``[..., n]``.
+
+    ``bonus = u [..., X, K]`` (e.g. ``beta ||phi - nu||_{Sigma^{-1}}``) trains the pessimistic
+    DPO loss (``pessimistic_dpo_loss``, sigmoid only) with the ridge on the total reward,
+    ``reg/2 ||eta w + u||^2``. In ``r = eta w + u`` the objective is then exactly the tabular
+    ridge Bradley-Terry objective of ``fit_bt_mle`` (one-hot features), so the minimiser is the
+    Gibbs policy of ``r_hat - u``, the pessimistic reward of the tabular ridge MLE ``r_hat``.
     """
     ref_probs = check_probs(ref_probs, "ref_probs")
     num_contexts, num_actions = ref_probs.shape[-2:]
     features = one_hot_features(num_contexts, num_actions)
     z = pair_feature_diffs(features, contexts=contexts, first=chosen, second=rejected)
+    offsets = center = None
+    if bonus is not None:
+        if loss_type != "sigmoid" or label_smoothing:
+            raise ValueError("bonus (pessimistic DPO) needs loss_type='sigmoid' without "
+                             "label_smoothing")
+        bonus = torch.as_tensor(bonus, dtype=torch.float64)
+        if bonus.shape[-2:] != (num_contexts, num_actions) or not torch.isfinite(bonus).all():
+            raise ValueError(f"bonus must be finite with shape [..., {num_contexts}, "
+                             f"{num_actions}], got {tuple(bonus.shape)}")
+        flat = bonus.reshape(*bonus.shape[:-2], num_contexts * num_actions)
+        offsets = torch.einsum("...nd,...d->...n", z, flat) / check_positive_number(eta, "eta")
+        center = -flat
     fit = train_dpo_linear(z, eta=eta, reg=reg, loss_type=loss_type,
-                           label_smoothing=label_smoothing, tol=tol, max_iter=max_iter)
+                           label_smoothing=label_smoothing, tol=tol, max_iter=max_iter,
+                           margin_offsets=offsets, ridge_center=center)
     w = fit.w.reshape(*fit.w.shape[:-1], num_contexts, num_actions)
     policy = torch.softmax(torch.log(ref_probs) + w, dim=-1)
     return policy, DPOFit(w=w, theta=eta * w, grad_norm=fit.grad_norm, iterations=fit.iterations)
