@@ -38,7 +38,7 @@ from .estimation import (
     sigma_norm,
     whitener,
 )
-from .gibbs import gibbs_policy, mirror_ascent
+from .gibbs import gibbs_log_policy, gibbs_policy, mirror_ascent
 from .instance import LinearBTBandit, reference_policy
 
 #: Stopping tolerance of the expected-pessimism solver on the duality gap (in units of reward).
@@ -360,22 +360,29 @@ def expected_pessimism_mirror_ascent(bandit: LinearBTBandit, *, theta_hat, sigma
 
 
 def pointwise_bound(bandit: LinearBTBandit, comparator, *, sigma, beta,
-                    pessimistic_policy=None) -> torch.Tensor:
+                    theta_hat=None) -> torch.Tensor:
     """``2 beta E_{x ~ d0, a ~ pi} ||phi(x,a) - nu(x)||_{Sigma^{-1}}``: on the confidence event,
     an upper bound on ``J(pi) - J(pi_hat)`` for the pointwise-pessimistic ``pi_hat`` and any
     comparator ``pi`` (section 3 of the paper; derived in notebook 02).
 
-    With ``pessimistic_policy = pi_hat [..., X, K]`` the bound keeps the KL term of the
+    With ``theta_hat`` (the estimate ``pi_hat`` is built from) the bound keeps the KL term of the
     value-difference lemma, ``- eta E_x KL(pi || pi_hat)``: the tighter bound, also valid on the
-    event (the lemma is an equality, and only its reward terms are bounded).
+    event (the lemma is an equality; only its reward terms are bounded). The KL is computed from
+    ``log pi_hat`` (``gibbs_log_policy``), finite even where a large ``beta`` underflows
+    ``pi_hat`` itself.
     """
     bonus = action_uncertainty(bandit, sigma)
-    comparator = as_float64(comparator)
+    comparator = check_probs(as_float64(comparator), "comparator")
     expected = (bonus * comparator * bandit.context_probs.unsqueeze(-1)).sum((-1, -2))
     bound = 2 * as_float64(beta) * expected
-    if pessimistic_policy is None:
+    if theta_hat is None:
         return bound
-    return bound - bandit.eta * bandit.expected_kl(comparator, as_float64(pessimistic_policy))
+    rewards = pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat, sigma=sigma, beta=beta)
+    log_policy = gibbs_log_policy(bandit.ref_probs, rewards, bandit.eta)
+    inside = comparator > 0
+    kl = (torch.xlogy(comparator, comparator)
+          - torch.where(inside, comparator * log_policy, 0.0)).sum(-1)
+    return bound - bandit.eta * (kl * bandit.context_probs).sum(-1)
 
 
 def comparison_fisher_information(bandit: LinearBTBandit, behaviour) -> torch.Tensor:
@@ -592,13 +599,13 @@ def evaluate_offline(instance: TrapInstance, fits: OfflineFits, *, radii: dict,
     for name, beta in radii.items():
         beta = as_float64(beta)
         expected = expected_pessimism_policy(bandit, **estimates, beta=beta)
-        pointwise = pointwise_pessimistic_policy(bandit, **estimates, beta=beta)
-        results["pointwise"][name] = bandit.suboptimality(pointwise)
+        results["pointwise"][name] = bandit.suboptimality(
+            pointwise_pessimistic_policy(bandit, **estimates, beta=beta))
         results["expected"][name] = bandit.suboptimality(expected.policy)
         results["pointwise_bound"][name] = pointwise_bound(bandit, optimal, sigma=fits.sigma,
                                                            beta=beta)
-        results["pointwise_kl_bound"][name] = pointwise_bound(
-            bandit, optimal, sigma=fits.sigma, beta=beta, pessimistic_policy=pointwise)
+        results["pointwise_kl_bound"][name] = pointwise_bound(bandit, optimal, **estimates,
+                                                              beta=beta)
         results["expected_bound"][name] = (expected_bound(bandit, optimal, sigma=fits.sigma,
                                                           beta=beta) + expected.duality_gap)
         results["duality_gap"][name] = expected.duality_gap

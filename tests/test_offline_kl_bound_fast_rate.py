@@ -71,7 +71,7 @@ def test_kl_bound_holds_on_the_event_and_is_tighter(seed, eta, beta, where):
                                                   beta=beta)
     optimal = bandit.optimal_policy()
     tight = offline.pointwise_bound(bandit, optimal, sigma=sigma, beta=beta,
-                                    pessimistic_policy=policy)
+                                    theta_hat=theta_hat)
     loose = offline.pointwise_bound(bandit, optimal, sigma=sigma, beta=beta)
     suboptimality = bandit.suboptimality(policy)
     slack = 1e-10 * (1 + loose.abs())
@@ -87,13 +87,38 @@ def test_kl_bound_is_batched_like_the_loose_one():
     beta = torch.tensor([0.0, 0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
     policy = offline.pointwise_pessimistic_policy(bandit, theta_hat=theta_hat, sigma=sigma,
                                                   beta=beta)
-    tight = offline.pointwise_bound(bandit, bandit.optimal_policy(), sigma=sigma, beta=beta,
-                                    pessimistic_policy=policy)
+    optimal = bandit.optimal_policy()
+    tight = offline.pointwise_bound(bandit, optimal, sigma=sigma, beta=beta, theta_hat=theta_hat)
     assert tight.shape == (5,)
     for index in range(5):
-        single = offline.pointwise_bound(bandit, bandit.optimal_policy(), sigma=sigma,
-                                         beta=beta[index], pessimistic_policy=policy[index])
+        single = offline.pointwise_bound(bandit, optimal, sigma=sigma, beta=beta[index],
+                                         theta_hat=theta_hat[index])
         assert torch.allclose(tight[index], single, rtol=1e-13)
+        kl = bandit.expected_kl(optimal, policy[index])  # from the probabilities, directly
+        loose = offline.pointwise_bound(bandit, optimal, sigma=sigma, beta=beta[index])
+        assert torch.allclose(single, loose - bandit.eta * kl, rtol=1e-10)
+
+
+def test_kl_bound_is_finite_where_the_pessimistic_policy_underflows():
+    """A radius so large that pi_hat underflows to 0 on actions pi* plays: the KL, from
+    log pi_hat, stays finite, and the bound equals the loose one minus eta KL computed by hand
+    in log space."""
+    bandit, sigma, generator = problem(8, eta=0.01)
+    theta_hat = torch.randn(bandit.dim, dtype=torch.float64, generator=generator)
+    beta = 1e4
+    policy = offline.pointwise_pessimistic_policy(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                  beta=beta)
+    assert (policy == 0).any()
+    optimal = bandit.optimal_policy()
+    tight = offline.pointwise_bound(bandit, optimal, sigma=sigma, beta=beta, theta_hat=theta_hat)
+    rewards = offline.pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                    beta=beta)
+    logits = bandit.ref_probs.log() + rewards / bandit.eta
+    log_policy = logits - logits.logsumexp(-1, keepdim=True)
+    kl = ((optimal * (optimal.log() - log_policy)).sum(-1) * bandit.context_probs).sum()
+    loose = offline.pointwise_bound(bandit, optimal, sigma=sigma, beta=beta)
+    assert torch.isfinite(tight)
+    assert torch.allclose(tight, loose - bandit.eta * kl, rtol=1e-12)
 
 
 def test_fisher_information_by_explicit_loops():

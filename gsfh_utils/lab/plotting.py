@@ -185,22 +185,26 @@ def suboptimality_vs_n_figure(frame):
     return fig
 
 
-def rates_figure(frame):
-    """Mean suboptimality against ``n`` per ``curve`` (``frame``: columns ``n``, ``seed``,
-    ``curve``, ``suboptimality``), with ``n^-1/2`` and ``n^-1`` reference slopes."""
-    fig, ax = plt.subplots()
-    first = None
-    for curve, part in frame.groupby("curve", sort=False):
-        mean = part.groupby("n")["suboptimality"].mean()
-        ax.plot(mean.index, mean, "k--" if curve.startswith("bound") else "o-", ms=4, label=curve)
-        first = mean if first is None else first
-    sizes = first.index.to_numpy(dtype=float)
-    for power, style in ((-0.5, ":"), (-1.0, "-.")):
-        ax.plot(sizes, first.iloc[0] * (sizes / sizes[0]) ** power, style, color="grey",
-                label=f"slope {power:g}")
-    ax.set(xscale="log", yscale="log", xlabel="n (comparisons)", ylabel="mean suboptimality",
-           title="Good coverage: the measured rate against the bound's")
-    ax.legend(fontsize=7, loc="lower left")
+def rates_figure(frame, *, limits: dict):
+    """``n`` times the mean suboptimality (± 2 standard errors over seeds) against ``n`` per
+    ``curve`` (``frame``: columns ``curve``, ``n``, ``seed``, ``scaled``); a curve whose name is
+    in ``limits`` (``{curve: value}``) gets its predicted limit as a dotted line, bounds are
+    dashed. A ``1/n`` rate is flat on this scale, the bound's ``n^-1/2`` rises like ``sqrt(n)``."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for index, (curve, part) in enumerate(frame.groupby("curve", sort=False)):
+        grouped = part.groupby("n")["scaled"]
+        error = 2 * grouped.std() / grouped.count() ** 0.5
+        bound = curve.startswith("bound")
+        color = "k" if bound else f"C{index}"
+        ax.errorbar(grouped.mean().index, grouped.mean(), yerr=error, fmt="s--" if bound else "o-",
+                    ms=4, capsize=2, color=color, label=curve)
+        if curve in limits:
+            ax.axhline(limits[curve], color=color, ls=":", lw=1.2)
+    ax.plot([], [], "k:", lw=1.2, label=r"limit $\mathrm{tr}(C I^+)/(2\eta)$ (same colour)")
+    ax.set(xscale="log", yscale="log", xlabel="n (comparisons)",
+           ylabel=r"$n \times$ mean $J(\pi^*) - J(\hat\pi)$ (± 2 SE)",
+           title="Good coverage: n SubOpt against its limit, and the bound")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return fig
 
 
@@ -549,4 +553,24 @@ def extra_prompts_figure(frame, *, n: int, eta: float, dpo_excess: float, margin
            ylabel="change / RM-PO's mean suboptimality (median, IQR)",
            title=rf"$n = {n}$ preference pairs, $\eta = {eta:g}$")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 08 · Pessimism as a DPO loss.
+# --------------------------------------------------------------------------------------------
+
+
+def paired_methods_figure(frame, *, x: str, xlabel: str, title: str):
+    """Mean suboptimality (± 2 standard errors over seeds) of each ``method`` against ``x``
+    (``frame``: columns ``x``, ``seed``, ``method``, ``suboptimality``), log-log."""
+    fig, ax = plt.subplots()
+    for method, part in frame.groupby("method", sort=False):
+        grouped = part.groupby(x)["suboptimality"]
+        error = 2 * grouped.std() / grouped.count() ** 0.5
+        ax.errorbar(grouped.mean().index, grouped.mean(), yerr=error, fmt="o-", ms=4, capsize=2,
+                    label=method)
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="mean suboptimality (± 2 SE)",
+           title=title)
+    ax.legend(fontsize=8)
     return fig

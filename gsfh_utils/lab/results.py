@@ -162,3 +162,12 @@ def tidy(values, value_name: str, **coordinates) -> pd.DataFrame:
                          f"have lengths {[len(label) for label in labels.values()]}")
     index = pd.MultiIndex.from_product(list(labels.values()), names=list(labels))
     return pd.DataFrame({value_name: array.reshape(-1)}, index=index).reset_index()
+
+
+def tidy_curves(curves: dict, value_name: str, label: str, **coordinates) -> pd.DataFrame:
+    """Several tensors of the same shape as one tidy table: ``tidy`` of each value of ``curves``
+    (``{name: tensor}``), its name in the column ``label``, stacked in the order of ``curves``."""
+    if not curves:
+        raise ValueError("curves must hold at least one tensor")
+    return pd.concat([tidy(values, value_name, **coordinates).assign(**{label: name})
+                      for name, values in curves.items()], ignore_index=True)

@@ -273,6 +273,20 @@ def mean_test(values, null: float = 0.0, alternative: str = "greater") -> TestRe
                       {"standard_error": (values.std() / values.numel() ** 0.5).item()})
 
 
+def mean_interval(values, level: float = 0.99) -> tuple[float, float, float]:
+    """The mean of independent ``values`` and its two-sided ``level`` Student-t confidence
+    interval: ``(mean, lower, upper)``."""
+    values = _flat(values, "values")
+    if values.numel() < 2:
+        raise ValueError("a confidence interval needs at least 2 values")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    mean = values.mean().item()
+    half = (scipy_stats.t.ppf(0.5 + level / 2, values.numel() - 1)
+            * (values.std() / values.numel() ** 0.5).item())
+    return mean, mean - half, mean + half
+
+
 def equivalence_test(values, margin: float) -> TestResult:
     """Two one-sided t-tests (TOST) that the mean of independent ``values`` lies within
     ``(-margin, margin)``: it rejects "the mean is at least ``margin`` away from 0" when both
