@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ._validation import check_generator, check_positive_int, check_positive_number, check_probs
-from .estimation import backtracking_step, fit_bt_mle
+from .estimation import backtracking_step, bootstrap_radius, fit_bt_mle, sigma_d
 from .sampling import rso_select, sample_categorical
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
@@ -378,6 +378,63 @@ def train_dpo_tabular(ref_probs, *, contexts, chosen, rejected, eta: float, reg:
     w = fit.w.reshape(*fit.w.shape[:-1], num_contexts, num_actions)
     policy = torch.softmax(torch.log(ref_probs) + w, dim=-1)
     return policy, DPOFit(w=w, theta=eta * w, grad_norm=fit.grad_norm, iterations=fit.iterations)
+
+
+def tabular_bandit(bandit):
+    """The tabular twin of a ``LinearBTBandit``: one-hot features ``[X, K, X*K]`` and
+    ``theta*`` the table of true rewards, so rewards, ``pi0``, ``d0`` and ``eta`` are the
+    bandit's, while a learner in it has one free reward (or logit) per (context, action)."""
+    from .instance import LinearBTBandit
+
+    features = one_hot_features(bandit.num_contexts, bandit.num_actions)
+    return LinearBTBandit(features, bandit.rewards().reshape(-1), bandit.ref_probs,
+                          bandit.context_probs, bandit.eta)
+
+
+@dataclass(frozen=True)
+class PessimisticDPO:
+    """Offline DPO with and without pessimism on the same data (``tabular_pessimistic_dpo``).
+
+    ``plain``, ``pessimistic``: the DPO and pessimistic-DPO policies ``[..., X, K]``;
+    ``gibbs``: the Gibbs policy of the pointwise-pessimistic reward of the tabular ridge MLE,
+    computed without DPO (``offline.pointwise_pessimistic_policy``), which ``pessimistic`` equals
+    up to the solvers' tolerance; ``radius [...]``: the bootstrap radius used.
+    """
+
+    plain: torch.Tensor
+    pessimistic: torch.Tensor
+    gibbs: torch.Tensor
+    radius: torch.Tensor
+
+
+def tabular_pessimistic_dpo(tabular, data, *, reg: float, delta: float, num_bootstrap: int,
+                            generator: torch.Generator,
+                            tol: float = DPO_TOLERANCE) -> PessimisticDPO:
+    """Plain and pessimistic offline DPO over the tabular class on ``data`` (``Preferences``,
+    batch ``[...]``), ``tabular`` a bandit with one-hot features (``tabular_bandit``).
+
+    The radius is the parametric bootstrap of the tabular ridge MLE (``estimation.
+    bootstrap_radius``: data only, no ``theta*``), and the bonus ``u = beta ||e_{x,a} -
+    nu(x)||_{Sigma_D^{-1}}`` uses the tabular design ``Sigma_D`` of the same data. The DPO fits
+    share ``reg``; the pessimistic one puts its ridge on the total reward ``eta w + u``
+    (``train_dpo_tabular``), which makes it the Gibbs policy of ``r_hat - u``.
+    """
+    from .offline import action_uncertainty, pointwise_pessimistic_policy
+
+    diffs = _comparison_diffs(tabular.features, data)
+    theta_hat = fit_bt_mle(diffs, data.labels, reg)
+    sigma = sigma_d(diffs, reg)
+    radius = bootstrap_radius(diffs, theta_hat=theta_hat, reg=reg, delta=delta,
+                              num_bootstrap=num_bootstrap, generator=generator)
+    chosen, rejected = chosen_rejected(first=data.first_actions, second=data.second_actions,
+                                       labels=data.labels)
+    common = dict(contexts=data.contexts, chosen=chosen, rejected=rejected, eta=tabular.eta,
+                  reg=reg, tol=tol)
+    plain, _ = train_dpo_tabular(tabular.ref_probs, **common)
+    bonus = radius[..., None, None] * action_uncertainty(tabular, sigma)
+    pessimistic, _ = train_dpo_tabular(tabular.ref_probs, **common, bonus=bonus)
+    gibbs = pointwise_pessimistic_policy(tabular, theta_hat=theta_hat, sigma=sigma, beta=radius)
+    return PessimisticDPO(plain, pessimistic, gibbs, radius)
 
 
 # --------------------------------------------------------------------------------------------

@@ -220,3 +220,39 @@ def test_linear_trainer_checks_offsets_and_centre():
         dpo.train_dpo_linear(z, eta=1.0, reg=1.0, margin_offsets=torch.zeros(4))
     with pytest.raises(ValueError, match="ridge_center"):
         dpo.train_dpo_linear(z, eta=1.0, reg=1.0, ridge_center=torch.full((3,), math.inf))
+
+
+def test_tabular_bandit_has_the_same_rewards_with_one_logit_per_response():
+    generator = torch.Generator().manual_seed(3)
+    bandit = gu.LinearBTBandit.random(num_contexts=3, num_actions=4, dim=2, norm_bound=2.0,
+                                      eta=0.3, generator=generator)
+    tabular = dpo.tabular_bandit(bandit)
+    assert tabular.features.shape == (3, 4, 12)
+    assert torch.equal(tabular.rewards(), bandit.rewards())
+    assert torch.equal(tabular.optimal_policy(), bandit.optimal_policy())
+    assert (tabular.ref_probs, tabular.eta) == (bandit.ref_probs, bandit.eta)
+
+
+def test_tabular_pessimistic_dpo_against_its_steps_done_by_hand():
+    """The plain fit is train_dpo_tabular, the radius the bootstrap of the tabular MLE (same
+    random stream), the pessimistic fit the Gibbs policy of the pessimistic MLE reward."""
+    tabular, data = tabular_problem(6, eta=0.4, seeds=4, num_pairs=80)
+    result = dpo.tabular_pessimistic_dpo(tabular, data, reg=1.0, delta=0.1, num_bootstrap=8,
+                                         generator=torch.Generator().manual_seed(0))
+    z = dpo.pair_feature_diffs(tabular.features, contexts=data.contexts,
+                               first=data.first_actions, second=data.second_actions)
+    theta_hat = estimation.fit_bt_mle(z, data.labels, 1.0)
+    radius = estimation.bootstrap_radius(z, theta_hat=theta_hat, reg=1.0, delta=0.1,
+                                         num_bootstrap=8,
+                                         generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(result.radius, radius, rtol=1e-12)
+    chosen, rejected = dpo.chosen_rejected(first=data.first_actions,
+                                           second=data.second_actions, labels=data.labels)
+    plain, _ = dpo.train_dpo_tabular(tabular.ref_probs, contexts=data.contexts, chosen=chosen,
+                                     rejected=rejected, eta=0.4, reg=1.0)
+    assert torch.allclose(result.plain, plain, rtol=0, atol=1e-14)
+    gibbs = offline.pointwise_pessimistic_policy(
+        tabular, theta_hat=theta_hat, sigma=estimation.sigma_d(z, 1.0), beta=radius)
+    tolerance = 4 * (estimation.MLE_TOLERANCE + dpo.DPO_TOLERANCE) / (1.0 * 0.4)
+    assert (result.gibbs.log() - gibbs.log()).abs().max() <= 1e-12
+    assert (result.pessimistic.log() - gibbs.log()).abs().max() <= tolerance
