@@ -43,10 +43,10 @@ DPO_TOLERANCE = 1e-9
 
 
 def _dpo_margin(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                **others) -> torch.Tensor:
+                **others):
     """``h = (log pi(a_w) - log pi_ref(a_w)) - (log pi(a_l) - log pi_ref(a_l))``, the four inputs
-    (and any ``others``, by name) checked as float tensors without NaN that broadcast together;
-    ``others`` are broadcast to the margin's shape and returned after it."""
+    (and any ``others``, by name) checked as float tensors without NaN that broadcast together.
+    Returns ``h``, or, with ``others``, the tuple ``(h, *others)`` broadcast to one shape."""
     tensors = []
     named = {"policy_chosen_logps": policy_chosen_logps,
              "policy_rejected_logps": policy_rejected_logps,
