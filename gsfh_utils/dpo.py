@@ -405,7 +405,9 @@ def best_of_n_probs(probs, scores, num_responses: int, *, worst: bool = False) -
     level = scores.unsqueeze(-1) == scores.unsqueeze(-2)
     lower = (probs.unsqueeze(-1) * below).sum(-2)  # F(a)
     level_mass = (probs.unsqueeze(-1) * level).sum(-2)  # G(a) - F(a)
-    top = (lower + level_mass).clamp_max(1.0) ** num_responses - lower**num_responses
+    # G^n - F^n, clamped at 0 against round-off (G >= F exactly, as level_mass >= 0).
+    top = ((lower + level_mass).clamp_max(1.0) ** num_responses
+           - lower**num_responses).clamp_min(0.0)
     return torch.where(probs > 0, probs * top / level_mass.clamp_min(1e-300), 0.0)
 
 

@@ -41,7 +41,10 @@ from .gibbs import gibbs_policy
 from .instance import LinearBTBandit, Preferences
 
 #: Pair-sampling options of ``run_online``: which policies draw ``(a1, a2)`` in each batch.
-METHODS = ("enhancer", "reference", "on_policy", "offline", "best_worst")
+METHODS = ("enhancer", "reference", "on_policy", "offline")
+#: Pair samplers of ``run_online`` that rank several on-policy responses by the reward model
+#: (the first two responses of a pair are then not independent draws of two policies).
+RANKED_METHODS = ("best_worst",)
 
 #: Default scale grid of the enhancer's tilts ``pi1 exp(s <u, phi>)`` with ``||u|| = 1`` (so
 #: ``|s <u, phi>| <= s``): from a gentle tilt to a practically deterministic one.
@@ -350,8 +353,8 @@ def run_online(bandit: LinearBTBandit, *, method: str, num_batches: int, batch_s
     Raises ``ValueError`` for a non-positive batch size, number of batches or seeds, an unknown
     method, a bad ``beta``/``reg`` or initial data of the wrong shape.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in METHODS + RANKED_METHODS:
+        raise ValueError(f"method must be one of {METHODS + RANKED_METHODS}, got {method!r}")
     check_positive_int(num_batches, "num_batches")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(num_seeds, "num_seeds")
