@@ -550,3 +550,51 @@ def extra_prompts_figure(frame, *, n: int, eta: float, dpo_excess: float, margin
            title=rf"$n = {n}$ preference pairs, $\eta = {eta:g}$")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 09 · Exploration in practice.
+# --------------------------------------------------------------------------------------------
+
+
+def hybrid_dial_figure(frame, *, online_only: dict[float, float]):
+    """Online comparisons needed to reach each target against the offline data's coverage
+    (``frame``: columns ``coverage``, ``target``, ``seed``, ``comparisons``; ``inf`` = not reached,
+    drawn at the top), with the online-only median per target (``online_only``) as a dotted line."""
+    fig, ax = plt.subplots()
+    for index, (target, part) in enumerate(frame.groupby("target", sort=True)):
+        grouped = part.groupby("coverage")["comparisons"]
+        mid, low, high = grouped.median(), grouped.quantile(0.25), grouped.quantile(0.75)
+        color = f"C{index}"
+        ax.errorbar(mid.index, mid, yerr=[mid - low, high - mid], fmt="o-", capsize=3,
+                    color=color, label=f"target {target:g} of the gap, offline start")
+        ax.axhline(online_only[target], color=color, ls=":", lw=1.2,
+                   label=f"target {target:g}, no offline data")
+    ax.set(xlabel=r"offline data's coverage: mass of the rare actions under the offline policy",
+           ylabel="online comparisons to reach the target (median, IQR)",
+           title="Hybrid start: what the offline data's coverage saves online")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def sampler_reward_kl_figure(frame):
+    """Reward against KL to pi0 of the draws of two samplers at equal proposals, per ``eta``
+    (``frame``: columns ``sampler``, ``eta``, ``kl``, ``reward``; the sampler ``Gibbs frontier``
+    is drawn as a curve, ``target`` as the exact Gibbs policies)."""
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    styles = {"target": ("k*", 11), "RSO": ("o", 7), "multi-step": ("s", 7)}
+    for sampler, part in frame.groupby("sampler", sort=False):
+        if sampler == "Gibbs frontier":
+            ax.plot(part["kl"], part["reward"], color="grey", lw=1.2, label=sampler)
+            continue
+        marker, size = styles.get(sampler, ("^", 7))
+        ax.plot(part["kl"], part["reward"], marker + ("" if sampler == "target" else "-"),
+                ms=size, label=sampler)
+        for _, row in part.iterrows():
+            ax.annotate(rf"$\eta$={row['eta']:g}", (row["kl"], row["reward"]), fontsize=7,
+                        xytext=(4, -8), textcoords="offset points")
+    ax.set(xlabel=r"mean over prompts of KL(law of the draws $\|\,\pi_0$)",
+           ylabel=r"mean true reward of the draws",
+           title="Samplers of the Gibbs policy at equal numbers of proposals")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
