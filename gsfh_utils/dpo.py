@@ -10,7 +10,10 @@ al., arXiv:2312.11456, section 5 "Implementations of GSHF"; notebook 04).
 - ``iterative_dpo``: the practical online GSHF loop: DPO on all data so far, sample ``n``
   responses per prompt from the current policy, pair them by a named selector, label by the
   Bradley-Terry oracle, append. The reference is ``"fixed"`` (pi0) or ``"previous"`` (the
-  previous iterate).
+  previous iterate); the ranking is the policy's implicit reward or a reward model.
+- ``sample_ranked_pairs``, ``best_of_n_probs``, ``reward_model``: the practical pairing (best of
+  ``n`` against worst of ``n`` under a reward model fit on the labels so far), its exact law with
+  ties, and the reward model (notebook 09).
 
 Why DPO is MLE + Gibbs (the derivation notebook 04 spells out): for ``pi_w`` the DPO margin is
 ``h = log pi_w(a_w)/pi_ref(a_w) - log pi_w(a_l)/pi_ref(a_l) = <w, phi(a_w) - phi(a_l)>`` (the

@@ -570,10 +570,10 @@ def hybrid_dial_figure(frame, *, online_only: dict[float, float]):
                     color=color, label=f"target {target:g} of the gap, offline start")
         ax.axhline(online_only[target], color=color, ls=":", lw=1.2,
                    label=f"target {target:g}, no offline data")
-    ax.set(xlabel=r"offline data's coverage: mass of the rare actions under the offline policy",
-           ylabel="online comparisons to reach the target (median, IQR)",
-           title="Hybrid start: what the offline data's coverage saves online")
-    ax.legend(fontsize=7)
+    ax.set(xlabel="coverage: rare-action mass of the offline policy",
+           ylabel="online comparisons to the target\n(median, IQR over seeds)",
+           title="Hybrid start along a coverage dial")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
@@ -590,11 +590,13 @@ def sampler_reward_kl_figure(frame):
         marker, size = styles.get(sampler, ("^", 7))
         ax.plot(part["kl"], part["reward"], marker + ("" if sampler == "target" else "-"),
                 ms=size, label=sampler)
-        for _, row in part.iterrows():
-            ax.annotate(rf"$\eta$={row['eta']:g}", (row["kl"], row["reward"]), fontsize=7,
-                        xytext=(4, -8), textcoords="offset points")
+        if sampler == "target":  # the samplers' points follow the same order of eta
+            for _, row in part.iterrows():
+                ax.annotate(rf"$\eta$={row['eta']:g}", (row["kl"], row["reward"]), fontsize=8,
+                            xytext=(5, -12), textcoords="offset points")
     ax.set(xlabel=r"mean over prompts of KL(law of the draws $\|\,\pi_0$)",
            ylabel=r"mean true reward of the draws",
-           title="Samplers of the Gibbs policy at equal numbers of proposals")
+           title="Samplers of the Gibbs policy at equal numbers of proposals\n"
+                 r"(one point per $\eta$, in the order of the targets)")
     ax.legend(fontsize=8, loc="lower right")
     return fig
