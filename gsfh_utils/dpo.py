@@ -328,11 +328,9 @@ def select_pairs(scores, selector: str, generator: torch.Generator):
 
     ``"random"``: two distinct responses at random; ``"max_random"``: the best against a random
     other one; ``"max_min"``: the best against the worst (best-of-n vs worst-of-n). Returns the
-    positions ``(first, second)`` of shape ``[...]``, always two distinct positions. Ties: the
-    best is the *first* position with the largest score, the worst the *last* position with the
-    smallest one; so when all ``n`` scores tie, ``"max_min"`` pairs positions ``0`` and ``n - 1``
-    (two independent draws, as a random pair), never a response with itself. The law of the
-    selected responses is ``best_of_n_probs``.
+    positions ``(first, second)`` of shape ``[...]``; ties are broken by the lowest position (so
+    when all ``n`` scores tie, ``"max_min"`` returns one position twice; ``sample_ranked_pairs``
+    pairs two draws instead). The law of the selected responses is ``best_of_n_probs``.
     """
     if selector not in SELECTORS:
         raise ValueError(f"selector must be one of {SELECTORS}, got {selector!r}")
@@ -344,7 +342,7 @@ def select_pairs(scores, selector: str, generator: torch.Generator):
     leading = scores.shape[:-1]
     best = scores.argmax(-1)
     if selector == "max_min":
-        return best, num - 1 - scores.flip(-1).argmin(-1)
+        return best, scores.argmin(-1)
     # A uniformly random other position: offset in 1..n-1 from the anchor, modulo n.
     offset = torch.randint(1, num, leading, generator=generator)
     if selector == "max_random":
@@ -360,6 +358,12 @@ def sample_ranked_pairs(policy, scores, *, contexts, responses_per_prompt: int, 
     ``policy [..., X, K]`` at ``x_i``, score them by the table ``scores [..., X, K]`` (a reward
     model; never the oracle's reward in practice) and keep two by ``select_pairs``. Returns the
     actions ``(first, second)``, each ``[..., m]`` (with ``"max_min"``: best-of-n, worst-of-n).
+
+    Ties: the best and the worst are the first positions with the largest and the smallest score;
+    where all ``n`` scores tie (a reward model without data), they would be one response, so the
+    pair is then the first and the last draw (two independent draws, as a random pair): never a
+    response against itself by position. Neither rule changes the law of the kept best or worst
+    response (``best_of_n_probs``): within a tied level every draw is equally likely to be kept.
     """
     check_positive_int(responses_per_prompt, "responses_per_prompt")
     if responses_per_prompt < 2:
@@ -378,6 +382,7 @@ def sample_ranked_pairs(policy, scores, *, contexts, responses_per_prompt: int, 
     score_rows = torch.gather(scores.expand(*leading, *scores.shape[-2:]), -2, index)
     first_pos, second_pos = select_pairs(torch.gather(score_rows, -1, responses), selector,
                                          generator)
+    second_pos = torch.where(second_pos == first_pos, responses_per_prompt - 1, second_pos)
     first = torch.gather(responses, -1, first_pos.unsqueeze(-1)).squeeze(-1)
     return first, torch.gather(responses, -1, second_pos.unsqueeze(-1)).squeeze(-1)
 

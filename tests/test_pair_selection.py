@@ -14,13 +14,16 @@ from hypothesis import strategies as st
 
 import gsfh_utils as gu
 from gsfh_utils import dpo, estimation, online
+from gsfh_utils.sampling import sample_categorical
 
 
-def _first_max_last_min(values):
-    """The tie rule of ``select_pairs(..., "max_min")`` written out in plain Python."""
+def _best_worst(values):
+    """The tie rule of ``sample_ranked_pairs`` with ``"max_min"`` written out in plain Python:
+    the first best and the first worst position; when every score ties, the first and the
+    last."""
     best = max(range(len(values)), key=lambda i: (values[i], -i))
-    worst = max(range(len(values)), key=lambda i: (-values[i], i))
-    return best, worst
+    worst = max(range(len(values)), key=lambda i: (-values[i], -i))
+    return (best, len(values) - 1) if best == worst else (best, worst)
 
 
 def _enumerated_laws(probs, scores, n):
@@ -28,7 +31,7 @@ def _enumerated_laws(probs, scores, n):
     best_law, worst_law = [0.0] * len(probs), [0.0] * len(probs)
     for draws in itertools.product(range(len(probs)), repeat=n):
         weight = math.prod(probs[a] for a in draws)
-        best, worst = _first_max_last_min([scores[a] for a in draws])
+        best, worst = _best_worst([scores[a] for a in draws])
         best_law[draws[best]] += weight
         worst_law[draws[worst]] += weight
     return torch.tensor(best_law, dtype=torch.float64), torch.tensor(worst_law,
@@ -50,15 +53,22 @@ def test_best_of_n_law_against_enumeration(scores, n):
                           atol=1e-14)
 
 
-def test_select_pairs_tie_rule_on_every_tuple():
-    """``select_pairs`` keeps the first maximiser and the last minimiser (two distinct positions
-    even when everything ties), on every tuple of 4 scores from {0, 1, 2}."""
-    tuples = torch.tensor(list(itertools.product([0.0, 1.0, 2.0], repeat=4)))
-    first, second = dpo.select_pairs(tuples, "max_min", torch.Generator().manual_seed(0))
-    expected = [_first_max_last_min(row.tolist()) for row in tuples]
-    assert first.tolist() == [b for b, _ in expected]
-    assert second.tolist() == [w for _, w in expected]
-    assert (first != second).all()
+def test_sample_ranked_pairs_tie_rule():
+    """The kept pair against the plain-Python tie rule, response by response, on a stream
+    replayed by hand: scores with a tie between two actions at one prompt and all tied at the
+    other (where the pair must be the first and the last draw, not one draw twice)."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.tensor([[0.0, 1.0, 1.0, 2.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    policy = torch.full((2, 4), 0.25, dtype=torch.float64)
+    contexts = torch.tensor([0, 1]).repeat(500)
+    replay = torch.Generator().manual_seed(0)
+    first, second = dpo.sample_ranked_pairs(policy, scores, contexts=contexts,
+                                            responses_per_prompt=4, selector="max_min",
+                                            generator=generator)
+    responses = sample_categorical(policy[contexts], 4, replay)
+    for i, (x, row) in enumerate(zip(contexts.tolist(), responses.tolist(), strict=True)):
+        best, worst = _best_worst([float(scores[x, a]) for a in row])
+        assert (first[i].item(), second[i].item()) == (row[best], row[worst])
 
 
 @given(st.lists(st.floats(0.01, 1.0), min_size=2, max_size=7),
