@@ -388,15 +388,19 @@ def run_online(bandit: LinearBTBandit, *, method: str, num_batches: int, batch_s
             second = enhancer_policy(bandit, main, sigma=sigma, beta=beta, generator=generator,
                                      num_random_directions=num_random_directions,
                                      num_refinements=num_refinements, scales=scales).policy
-        elif method in ("on_policy", "best_worst"):
+        elif method == "on_policy":
             second = main
+        elif method == "best_worst":  # the reward model: the MLE on the labels so far
+            scores = bandit.rewards(theta)
+            second = best_of_n_probs(main, scores, responses_per_prompt, worst=True)
         else:
             second = ref.expand_as(main)
-        first = ref.expand_as(main) if method == "offline" else main
-        if method == "best_worst":
-            scores = bandit.rewards(theta)
-            first, second = (best_of_n_probs(main, scores, responses_per_prompt, worst=worst)
-                             for worst in (False, True))
+        if method == "offline":
+            first = ref.expand_as(main)
+        elif method == "best_worst":
+            first = best_of_n_probs(main, scores, responses_per_prompt)
+        else:
+            first = main
         gamma = policy_uncertainty(bandit, second, main=first, sigma=sigma, beta=beta)
         kl = bandit.expected_kl(second, first)
         gammas.append(gamma)
