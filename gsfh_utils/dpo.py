@@ -10,7 +10,10 @@ al., arXiv:2312.11456, section 5 "Implementations of GSHF"; notebook 04).
 - ``iterative_dpo``: the practical online GSHF loop: DPO on all data so far, sample ``n``
   responses per prompt from the current policy, pair them by a named selector, label by the
   Bradley-Terry oracle, append. The reference is ``"fixed"`` (pi0) or ``"previous"`` (the
-  previous iterate).
+  previous iterate); the ranking is the policy's implicit reward or a reward model.
+- ``sample_ranked_pairs``, ``best_of_n_probs``, ``reward_model``: the practical pairing (best of
+  ``n`` against worst of ``n`` under a reward model fit on the labels so far), its exact law with
+  ties, and the reward model (notebook 09).
 
 Why DPO is MLE + Gibbs (the derivation notebook 04 spells out): for ``pi_w`` the DPO margin is
 ``h = log pi_w(a_w)/pi_ref(a_w) - log pi_w(a_l)/pi_ref(a_l) = <w, phi(a_w) - phi(a_l)>`` (the
@@ -35,6 +38,8 @@ LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 SMOOTH_LOSS_TYPES = ("sigmoid", "ipo")
 SELECTORS = ("random", "max_random", "max_min")
 REFERENCES = ("fixed", "previous")
+#: What ranks the responses of iterative DPO: the policy's implicit reward or a reward model.
+RANKINGS = ("implicit", "reward_model")
 
 #: Default stopping tolerance of the DPO trainers: Euclidean norm of the gradient of the
 #: objective with respect to ``theta = eta w`` (reward units), as for ``fit_bt_mle``. By strong
@@ -471,7 +476,9 @@ def select_pairs(scores, selector: str, generator: torch.Generator):
 
     ``"random"``: two distinct responses at random; ``"max_random"``: the best against a random
     other one; ``"max_min"``: the best against the worst (best-of-n vs worst-of-n). Returns the
-    positions ``(first, second)`` of shape ``[...]``; ties are broken by the lowest position.
+    positions ``(first, second)`` of shape ``[...]``; ties are broken by the lowest position (so
+    when all ``n`` scores tie, ``"max_min"`` returns one position twice; ``sample_ranked_pairs``
+    pairs two draws instead). The law of the selected responses is ``best_of_n_probs``.
     """
     if selector not in SELECTORS:
         raise ValueError(f"selector must be one of {SELECTORS}, got {selector!r}")
@@ -492,6 +499,92 @@ def select_pairs(scores, selector: str, generator: torch.Generator):
     return first, (first + offset) % num
 
 
+def sample_ranked_pairs(policy, scores, *, contexts, responses_per_prompt: int, selector: str,
+                        generator: torch.Generator):
+    """The practical pairing of online GSHF (the paper's section 5): for each prompt ``x_i`` of
+    ``contexts [..., m]``, draw ``n = responses_per_prompt`` responses i.i.d. from
+    ``policy [..., X, K]`` at ``x_i``, score them by the table ``scores [..., X, K]`` (a reward
+    model; never the oracle's reward in practice) and keep two by ``select_pairs``. Returns the
+    actions ``(first, second)``, each ``[..., m]`` (with ``"max_min"``: best-of-n, worst-of-n).
+
+    Ties: the best and the worst are the first positions with the largest and the smallest score;
+    where all ``n`` scores tie (a reward model without data), they would be one response, so the
+    pair is then the first and the last draw (two independent draws, as a random pair): never a
+    response against itself by position. Neither rule changes the law of the kept best or worst
+    response (``best_of_n_probs``): within a tied level every draw is equally likely to be kept.
+    """
+    check_positive_int(responses_per_prompt, "responses_per_prompt")
+    if responses_per_prompt < 2:
+        raise ValueError("responses_per_prompt must be at least 2 to form a pair")
+    policy = check_probs(policy, "policy")
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    if scores.shape[-2:] != policy.shape[-2:]:
+        raise ValueError(f"scores must have the [X, K] = {tuple(policy.shape[-2:])} of policy, "
+                         f"got {tuple(scores.shape)}")
+    contexts = torch.as_tensor(contexts)
+    leading = contexts.shape[:-1]
+    num_actions = policy.shape[-1]
+    index = contexts.unsqueeze(-1).expand(*contexts.shape, num_actions)
+    rows = torch.gather(policy.expand(*leading, *policy.shape[-2:]), -2, index)
+    responses = sample_categorical(rows, responses_per_prompt, generator)
+    score_rows = torch.gather(scores.expand(*leading, *scores.shape[-2:]), -2, index)
+    first_pos, second_pos = select_pairs(torch.gather(score_rows, -1, responses), selector,
+                                         generator)
+    second_pos = torch.where(second_pos == first_pos, responses_per_prompt - 1, second_pos)
+    first = torch.gather(responses, -1, first_pos.unsqueeze(-1)).squeeze(-1)
+    return first, torch.gather(responses, -1, second_pos.unsqueeze(-1)).squeeze(-1)
+
+
+def best_of_n_probs(probs, scores, num_responses: int, *, worst: bool = False) -> torch.Tensor:
+    """Exact law of the response ``"max_min"`` keeps as best (``worst=False``) or worst of
+    ``n = num_responses`` i.i.d. draws from ``probs [..., K]`` ranked by ``scores [..., K]``.
+
+    With ``F(a) = P(score < score(a))`` and ``G(a) = P(score <= score(a))`` under ``probs``, the
+    best score lies at ``a``'s level with probability ``G^n - F^n``; given that, the kept draw
+    (the first one at that level) is any draw at the level, so ``a`` with probability
+    ``probs(a) / (G - F)`` (ties split in proportion to ``probs``). Without ties this is
+    ``G(a)^n - F(a)^n``. The worst is the best of ``-scores``. Actions with ``probs = 0`` get 0.
+    """
+    check_positive_int(num_responses, "num_responses")
+    probs = check_probs(probs, "probs")
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    try:
+        probs, scores = torch.broadcast_tensors(probs, scores)
+    except RuntimeError as exc:
+        raise ValueError(f"scores (shape {tuple(scores.shape)}) must broadcast against probs "
+                         f"(shape {tuple(probs.shape)})") from exc
+    if torch.isnan(scores).any():
+        raise ValueError("scores must not contain NaN")
+    if worst:
+        scores = -scores
+    below = scores.unsqueeze(-1) < scores.unsqueeze(-2)  # [..., b, a]: score(b) < score(a)
+    level = scores.unsqueeze(-1) == scores.unsqueeze(-2)
+    lower = (probs.unsqueeze(-1) * below).sum(-2)  # F(a)
+    level_mass = (probs.unsqueeze(-1) * level).sum(-2)  # G(a) - F(a)
+    # G^n - F^n, clamped at 0 against round-off (G >= F exactly, as level_mass >= 0).
+    top = ((lower + level_mass).clamp_max(1.0) ** num_responses
+           - lower**num_responses).clamp_min(0.0)
+    return torch.where(probs > 0, probs * top / level_mass.clamp_min(1e-300), 0.0)
+
+
+def best_of_n_kl_bound(num_responses) -> torch.Tensor:
+    """``log n - (n - 1)/n``: the KL of the best-of-n law to its base policy (Beirami et al.
+    2024, arXiv:2401.01879) attained without ties, and an upper bound with them."""
+    n = torch.as_tensor(num_responses, dtype=torch.float64)
+    if (n < 1).any() or (n != n.round()).any():
+        raise ValueError(f"num_responses must hold positive integers, got {num_responses!r}")
+    return torch.log(n) - (n - 1) / n
+
+
+def reward_model(features, data, *, reg: float) -> torch.Tensor:
+    """The reward model practitioners fit: the ridge Bradley-Terry MLE (``fit_bt_mle``) on the
+    labelled comparisons ``data`` (``Preferences``, batch ``[...]``) in ``features [X, K, d]``;
+    returns its reward table ``<theta_hat, phi(x, a)>``, ``[..., X, K]`` (no oracle involved)."""
+    features = torch.as_tensor(features, dtype=torch.float64)
+    theta = fit_bt_mle(_comparison_diffs(features, data), data.labels, reg)
+    return torch.einsum("xkd,...d->...xk", features, theta)
+
+
 @dataclass(frozen=True)
 class IterativeDPOResult:
     """Per-iteration record of ``iterative_dpo``.
@@ -509,7 +602,7 @@ class IterativeDPOResult:
 def iterative_dpo(bandit, offline, *, num_iterations: int, pairs_per_iteration: int,
                   responses_per_prompt: int, selector: str, reg: float,
                   generator: torch.Generator, reference: str = "fixed", features=None,
-                  tol: float = DPO_TOLERANCE) -> IterativeDPOResult:
+                  ranking: str = "implicit", tol: float = DPO_TOLERANCE) -> IterativeDPOResult:
     """Iterative (online) DPO, the practical form of online GSHF (the paper's section 5).
 
     ``bandit``: a ``LinearBTBandit`` (its ``eta`` is DPO's coefficient, its ``theta*`` labels the
@@ -521,15 +614,18 @@ def iterative_dpo(bandit, offline, *, num_iterations: int, pairs_per_iteration: 
        previous iterate (``"previous"``; the first fit is on ``pi0``).
     2. For ``pairs_per_iteration`` prompts ``x ~ d0``, sample ``responses_per_prompt`` responses
        from the current policy, score them with the policy's implicit reward
-       ``eta log(pi_t/pi_ref)`` (with a fixed reference this is the MLE reward on all data so
-       far; it is the only reward model the loop has), and pick a pair by ``selector``.
+       ``eta log(pi_t/pi_ref)`` (with a fixed reference this is the MLE reward, in the policy's
+       features, on all data so far), and pick a pair by ``selector`` (``sample_ranked_pairs``).
+       With ``ranking="reward_model"`` they are scored instead by a separate reward model, the
+       ridge BT MLE on all labels so far in the bandit's features (``reward_model``), as
+       practitioners rank with a trained reward model; with the linear class and
+       ``reference="fixed"`` the two rankings coincide (the implicit reward is that MLE, up to a
+       constant per prompt, which no ranking sees).
     3. Label the pairs by the Bradley-Terry oracle ``sigmoid(r*(a1) - r*(a2))`` and append.
 
     ``features`` defaults to the bandit's (``[X, K, d]``); pass ``one_hot_features`` for the
     tabular class. Everything is batched over the seeds.
     """
-    from .instance import Preferences
-
     if reference not in REFERENCES:
         raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
     if selector not in SELECTORS:
@@ -539,10 +635,11 @@ def iterative_dpo(bandit, offline, *, num_iterations: int, pairs_per_iteration: 
     check_positive_int(responses_per_prompt, "responses_per_prompt")
     if responses_per_prompt < 2:
         raise ValueError("responses_per_prompt must be at least 2 to form a pair")
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
     features = _features(bandit, features)
     batch_shape = tuple(offline.labels.shape[:-1])
     eta = bandit.eta
-    true_rewards = bandit.rewards()
     ref = bandit.ref_probs.expand(*batch_shape, *bandit.ref_probs.shape)
     data = offline
     policies, num_pairs = [], []
@@ -553,23 +650,15 @@ def iterative_dpo(bandit, offline, *, num_iterations: int, pairs_per_iteration: 
         num_pairs.append(len(data))
         if iteration == num_iterations:
             break
-        implicit = eta * torch.einsum("xkd,...d->...xk", features, fit.w)  # eta log(pi/pi_ref)+c
+        if ranking == "implicit":
+            scores = eta * torch.einsum("xkd,...d->...xk", features, fit.w)  # eta log(pi/pi_ref)
+        else:
+            scores = reward_model(bandit.features, data, reg=reg)
         contexts = bandit.sample_contexts(pairs_per_iteration, generator, batch_shape)
-        rows = torch.gather(policy, -2, contexts.unsqueeze(-1).expand(
-            *contexts.shape, bandit.num_actions))
-        responses = sample_categorical(rows, responses_per_prompt, generator)
-        score_rows = torch.gather(implicit, -2, contexts.unsqueeze(-1).expand(
-            *contexts.shape, bandit.num_actions))
-        scores = torch.gather(score_rows, -1, responses)
-        first_pos, second_pos = select_pairs(scores, selector, generator)
-        first = torch.gather(responses, -1, first_pos.unsqueeze(-1)).squeeze(-1)
-        second = torch.gather(responses, -1, second_pos.unsqueeze(-1)).squeeze(-1)
-        margin = true_rewards[contexts, first] - true_rewards[contexts, second]
-        uniforms = torch.rand(margin.shape, dtype=torch.float64, generator=generator)
-        labels = (uniforms < torch.sigmoid(margin)).to(torch.float64)
-        new = Preferences(contexts, first, second, labels,
-                          bandit.features[contexts, first] - bandit.features[contexts, second])
-        data = data.concat(new)
+        first, second = sample_ranked_pairs(policy, scores, contexts=contexts,
+                                            responses_per_prompt=responses_per_prompt,
+                                            selector=selector, generator=generator)
+        data = data.concat(bandit.label_pairs(contexts, first, second, generator))
         if reference == "previous":
             ref = policy
     return IterativeDPOResult(policies=torch.stack(policies), data=data, num_pairs=num_pairs)
@@ -580,9 +669,7 @@ def mle_gibbs_policy(bandit, data, *, reg: float, features=None) -> torch.Tensor
     class containing every Gibbs policy returns (notebook 04). Shape ``[..., X, K]``."""
     from .gibbs import gibbs_policy
 
-    features = _features(bandit, features)
-    theta = fit_bt_mle(_comparison_diffs(features, data), data.labels, reg)
-    rewards = torch.einsum("xkd,...d->...xk", features, theta)
+    rewards = reward_model(_features(bandit, features), data, reg=reg)
     return gibbs_policy(bandit.ref_probs, rewards, bandit.eta)
 
 
@@ -611,8 +698,7 @@ def rso_dpo(bandit, data, *, reg: float, num_pairs: int, pool_size: int,
 
     features = _features(bandit, features)
     batch_shape = tuple(data.labels.shape[:-1])
-    theta_rm = fit_bt_mle(_comparison_diffs(features, data), data.labels, reg)
-    model_rewards = torch.einsum("xkd,...d->...xk", features, theta_rm)  # [..., X, K]
+    model_rewards = reward_model(features, data, reg=reg)  # [..., X, K]
     contexts = bandit.sample_contexts(num_pairs, generator, batch_shape)
     rows = torch.gather(bandit.ref_probs.expand(*batch_shape, *bandit.ref_probs.shape), -2,
                         contexts.unsqueeze(-1).expand(*contexts.shape, bandit.num_actions))

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validation import check_eta, check_positive_int, check_positive_number, check_probs
+from ._validation import (
+    check_eta,
+    check_generator,
+    check_positive_int,
+    check_positive_number,
+    check_probs,
+)
 from .gibbs import gibbs_policy, kl_divergence, log_partition, regularized_value
 from .sampling import sample_categorical
 
@@ -239,6 +245,17 @@ class LinearBTBandit:
         contexts = self.sample_contexts(num_pairs, generator, batch_shape)
         first = self._sample_actions(first_policy, contexts, generator, "first_policy")
         second = self._sample_actions(second_policy, contexts, generator, "second_policy")
+        return self.label_pairs(contexts, first, second, generator)
+
+    def label_pairs(self, contexts, first, second, generator: torch.Generator) -> Preferences:
+        """Bradley-Terry labels ``y ~ Bernoulli(sigmoid(r*(x,a1) - r*(x,a2)))`` of given pairs
+        (the oracle's, ``theta*``): ``contexts``, ``first``, ``second`` integer tensors of one
+        shape ``[..., n]``. Returns the labelled ``Preferences``."""
+        check_generator(generator)
+        contexts, first, second = (torch.as_tensor(v) for v in (contexts, first, second))
+        if not contexts.shape == first.shape == second.shape:
+            raise ValueError("contexts, first and second must have one shape, got "
+                             f"{[tuple(v.shape) for v in (contexts, first, second)]}")
         rewards = self.rewards()
         margin = rewards[contexts, first] - rewards[contexts, second]
         uniforms = torch.rand(margin.shape, dtype=torch.float64, generator=generator)

@@ -35,12 +35,16 @@ from dataclasses import dataclass
 import torch
 
 from ._validation import as_float64, check_generator, check_positive_int, check_positive_number
+from .dpo import best_of_n_probs, sample_ranked_pairs
 from .estimation import fit_bt_mle, whitener
 from .gibbs import gibbs_policy
 from .instance import LinearBTBandit, Preferences
 
 #: Pair-sampling options of ``run_online``: which policies draw ``(a1, a2)`` in each batch.
 METHODS = ("enhancer", "reference", "on_policy", "offline")
+#: Pair samplers of ``run_online`` that rank several on-policy responses by the reward model
+#: (the first two responses of a pair are then not independent draws of two policies).
+RANKED_METHODS = ("best_worst",)
 
 #: Default scale grid of the enhancer's tilts ``pi1 exp(s <u, phi>)`` with ``||u|| = 1`` (so
 #: ``|s <u, phi>| <= s``): from a gentle tilt to a practically deterministic one.
@@ -326,7 +330,8 @@ def _sigma(data: Preferences | None, reg: float, num_seeds: int, dim: int) -> to
 def run_online(bandit: LinearBTBandit, *, method: str, num_batches: int, batch_size: int,
                num_seeds: int, beta: float, reg: float, generator: torch.Generator,
                initial_data: Preferences | None = None, num_random_directions: int = 8,
-               num_refinements: int = 2, scales=DEFAULT_SCALES) -> OnlineRun:
+               num_refinements: int = 2, scales=DEFAULT_SCALES,
+               responses_per_prompt: int = 8) -> OnlineRun:
     """Online iterative learning (the paper's section 4), batched over ``num_seeds`` seeds.
 
     ``method`` picks the pairs of each batch (the others share the loop and budget):
@@ -335,7 +340,12 @@ def run_online(bandit: LinearBTBandit, *, method: str, num_batches: int, batch_s
     - ``"reference"``: ``a1 ~ pi1_t``, ``a2 ~ pi0`` (enhancer replaced by the reference);
     - ``"on_policy"``: both from ``pi1_t`` (random on-policy pairs; the paper's practical
       pairing ranks several on-policy responses, see ``gsfh_utils.dpo``);
-    - ``"offline"``: both from ``pi0`` (no interaction: the data never depend on the estimate).
+    - ``"offline"``: both from ``pi0`` (no interaction: the data never depend on the estimate);
+    - ``"best_worst"``: the enhancer as practitioners run it: ``responses_per_prompt`` responses
+      from ``pi1_t`` per prompt, best-of-n against worst-of-n as ranked by the reward model
+      ``<theta_hat_t, phi>`` (the MLE on the labels so far, never ``theta*``;
+      ``dpo.sample_ranked_pairs``). Its "policies" are the exact laws of the two kept responses
+      (``dpo.best_of_n_probs``), which give the recorded ``gamma`` and ``kl``.
 
     ``initial_data`` (``Preferences`` with batch shape ``[num_seeds]``) is the hybrid start: it
     enters the MLE and ``Sigma_0``. ``beta`` is the confidence radius used by ``Gamma_t``;
@@ -343,8 +353,8 @@ def run_online(bandit: LinearBTBandit, *, method: str, num_batches: int, batch_s
     Raises ``ValueError`` for a non-positive batch size, number of batches or seeds, an unknown
     method, a bad ``beta``/``reg`` or initial data of the wrong shape.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in METHODS + RANKED_METHODS:
+        raise ValueError(f"method must be one of {METHODS + RANKED_METHODS}, got {method!r}")
     check_positive_int(num_batches, "num_batches")
     check_positive_int(batch_size, "batch_size")
     check_positive_int(num_seeds, "num_seeds")
@@ -380,16 +390,30 @@ def run_online(bandit: LinearBTBandit, *, method: str, num_batches: int, batch_s
                                      num_refinements=num_refinements, scales=scales).policy
         elif method == "on_policy":
             second = main
+        elif method == "best_worst":  # the reward model: the MLE on the labels so far
+            scores = bandit.rewards(theta)
+            second = best_of_n_probs(main, scores, responses_per_prompt, worst=True)
         else:
             second = ref.expand_as(main)
-        first = ref.expand_as(main) if method == "offline" else main
+        if method == "offline":
+            first = ref.expand_as(main)
+        elif method == "best_worst":
+            first = best_of_n_probs(main, scores, responses_per_prompt)
+        else:
+            first = main
         gamma = policy_uncertainty(bandit, second, main=first, sigma=sigma, beta=beta)
         kl = bandit.expected_kl(second, first)
         gammas.append(gamma)
         kls.append(kl)
         slacks.append(gamma - bandit.eta * kl)
         seconds.append(second)
-        pairs = bandit.sample_preferences(batch_size, first, second, generator, (num_seeds,))
+        if method == "best_worst":
+            contexts = bandit.sample_contexts(batch_size, generator, (num_seeds,))
+            pairs = bandit.label_pairs(contexts, *sample_ranked_pairs(
+                main, scores, contexts=contexts, responses_per_prompt=responses_per_prompt,
+                selector="max_min", generator=generator), generator)
+        else:
+            pairs = bandit.sample_preferences(batch_size, first, second, generator, (num_seeds,))
         mean_z = pairs.feature_diffs.mean(-2)
         potentials.append(torch.log1p(batch_size * _whitened_norm(mean_z, whitener(sigma)) ** 2))
         data = pairs if data is None else data.concat(pairs)

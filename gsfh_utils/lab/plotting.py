@@ -574,3 +574,53 @@ def paired_methods_figure(frame, *, x: str, xlabel: str, title: str):
            title=title)
     ax.legend(fontsize=8)
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 09 · Exploration in practice.
+# --------------------------------------------------------------------------------------------
+
+
+def hybrid_dial_figure(frame, *, online_only: dict[float, float]):
+    """Online comparisons needed to reach each target against the offline data's coverage
+    (``frame``: columns ``coverage``, ``target``, ``seed``, ``comparisons``; ``inf`` = not reached,
+    drawn at the top), with the online-only median per target (``online_only``) as a dotted line."""
+    fig, ax = plt.subplots()
+    for index, (target, part) in enumerate(frame.groupby("target", sort=True)):
+        grouped = part.groupby("coverage")["comparisons"]
+        mid, low, high = grouped.median(), grouped.quantile(0.25), grouped.quantile(0.75)
+        color = f"C{index}"
+        ax.errorbar(mid.index, mid, yerr=[mid - low, high - mid], fmt="o-", capsize=3,
+                    color=color, label=f"target {target:g} of the gap, offline start")
+        ax.axhline(online_only[target], color=color, ls=":", lw=1.2,
+                   label=f"target {target:g}, no offline data")
+    ax.set(xlabel="coverage: rare-action mass of the offline policy",
+           ylabel="online comparisons to the target\n(median, IQR over seeds)",
+           title="Hybrid start along a coverage dial")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def sampler_reward_kl_figure(frame):
+    """Reward against KL to pi0 of the draws of two samplers at equal proposals, per ``eta``
+    (``frame``: columns ``sampler``, ``eta``, ``kl``, ``reward``; the sampler ``Gibbs frontier``
+    is drawn as a curve, ``target`` as the exact Gibbs policies)."""
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    styles = {"target": ("k*", 11), "RSO": ("o", 7), "multi-step": ("s", 7)}
+    for sampler, part in frame.groupby("sampler", sort=False):
+        if sampler == "Gibbs frontier":
+            ax.plot(part["kl"], part["reward"], color="grey", lw=1.2, label=sampler)
+            continue
+        marker, size = styles.get(sampler, ("^", 7))
+        ax.plot(part["kl"], part["reward"], marker + ("" if sampler == "target" else "-"),
+                ms=size, label=sampler)
+        if sampler == "target":  # the samplers' points follow the same order of eta
+            for _, row in part.iterrows():
+                ax.annotate(rf"$\eta$={row['eta']:g}", (row["kl"], row["reward"]), fontsize=8,
+                            xytext=(5, -12), textcoords="offset points")
+    ax.set(xlabel=r"mean over prompts of KL(law of the draws $\|\,\pi_0$)",
+           ylabel=r"mean true reward of the draws",
+           title="Samplers of the Gibbs policy at equal numbers of proposals\n"
+                 r"(one point per $\eta$, in the order of the targets)")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig

@@ -1,0 +1,239 @@
+"""Best-of-n against worst-of-n ranked by a reward model (``dpo.sample_ranked_pairs``,
+``dpo.best_of_n_probs``, ``dpo.reward_model``), the oracle's labels (``label_pairs``), and the
+places that use them (``iterative_dpo(ranking=...)``, ``run_online(method="best_worst")``)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import gsfh_utils as gu
+from gsfh_utils import dpo, estimation, online
+from gsfh_utils.sampling import sample_categorical
+
+
+def _best_worst(values):
+    """The tie rule of ``sample_ranked_pairs`` with ``"max_min"`` written out in plain Python:
+    the first best and the first worst position; when every score ties, the first and the
+    last."""
+    best = max(range(len(values)), key=lambda i: (values[i], -i))
+    worst = max(range(len(values)), key=lambda i: (-values[i], -i))
+    return (best, len(values) - 1) if best == worst else (best, worst)
+
+
+def _enumerated_laws(probs, scores, n):
+    """Laws of the kept best and worst response by enumerating all K^n tuples of draws."""
+    best_law, worst_law = [0.0] * len(probs), [0.0] * len(probs)
+    for draws in itertools.product(range(len(probs)), repeat=n):
+        weight = math.prod(probs[a] for a in draws)
+        best, worst = _best_worst([scores[a] for a in draws])
+        best_law[draws[best]] += weight
+        worst_law[draws[worst]] += weight
+    return torch.tensor(best_law, dtype=torch.float64), torch.tensor(worst_law,
+                                                                     dtype=torch.float64)
+
+
+@pytest.mark.parametrize("scores", [
+    [0.3, -1.0, 2.0, 0.5, 0.1],  # no ties
+    [1.0, 1.0, 0.0, 2.0, 0.0],  # ties at two levels
+    [0.0, 0.0, 0.0, 0.0, 0.0],  # all tied: the kept draw is a plain draw
+])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_best_of_n_law_against_enumeration(scores, n):
+    probs = [0.1, 0.25, 0.05, 0.4, 0.2]
+    best, worst = _enumerated_laws(probs, scores, n)
+    probs_t, scores_t = torch.tensor(probs, dtype=torch.float64), torch.tensor(scores)
+    assert torch.allclose(dpo.best_of_n_probs(probs_t, scores_t, n), best, atol=1e-14)
+    assert torch.allclose(dpo.best_of_n_probs(probs_t, scores_t, n, worst=True), worst,
+                          atol=1e-14)
+
+
+def test_sample_ranked_pairs_tie_rule():
+    """The kept pair against the plain-Python tie rule, response by response, on a stream
+    replayed by hand: scores with a tie between two actions at one prompt and all tied at the
+    other (where the pair must be the first and the last draw, not one draw twice)."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.tensor([[0.0, 1.0, 1.0, 2.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    policy = torch.full((2, 4), 0.25, dtype=torch.float64)
+    contexts = torch.tensor([0, 1]).repeat(500)
+    replay = torch.Generator().manual_seed(0)
+    first, second = dpo.sample_ranked_pairs(policy, scores, contexts=contexts,
+                                            responses_per_prompt=4, selector="max_min",
+                                            generator=generator)
+    responses = sample_categorical(policy[contexts], 4, replay)
+    for i, (x, row) in enumerate(zip(contexts.tolist(), responses.tolist(), strict=True)):
+        best, worst = _best_worst([float(scores[x, a]) for a in row])
+        assert (first[i].item(), second[i].item()) == (row[best], row[worst])
+
+
+@given(st.lists(st.floats(0.01, 1.0), min_size=2, max_size=7),
+       st.lists(st.integers(-2, 2), min_size=8, max_size=8), st.integers(1, 12))
+def test_best_of_n_law_properties(weights, levels, n):
+    """A distribution with the KL of Beirami et al. as an upper bound (ties only lower it); no
+    mass outside the base support; n = 1 is the base policy; best shifts mass up the ranking."""
+    probs = torch.tensor(weights, dtype=torch.float64)
+    probs = torch.cat([probs / probs.sum(), torch.zeros(1, dtype=torch.float64)])
+    scores = torch.tensor(levels[:len(probs)], dtype=torch.float64)
+    law = dpo.best_of_n_probs(probs, scores, n)
+    assert torch.isclose(law.sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-12)
+    assert law[-1] == 0
+    assert gu.kl_divergence(law, probs) <= dpo.best_of_n_kl_bound(n) + 1e-12
+    if n == 1:
+        assert torch.allclose(law, probs, atol=1e-15)
+    mean = (law * scores).sum()
+    assert mean >= (probs * scores).sum() - 1e-12
+    assert (dpo.best_of_n_probs(probs, scores, n, worst=True) * scores).sum() <= mean + 1e-12
+
+
+def test_best_of_n_kl_approaches_the_bound_without_ties():
+    """Uniform over K distinct scores: the law is ((i/K)^n - ((i-1)/K)^n), whose KL tends to
+    log n - (n-1)/n as K grows (the continuous case, where the formula is exact)."""
+    for n in (2, 4, 16):
+        gaps = []
+        for size in (10, 100, 10000):
+            probs = torch.full((size,), 1 / size, dtype=torch.float64)
+            law = dpo.best_of_n_probs(probs, torch.arange(size, dtype=torch.float64), n)
+            i = torch.arange(1, size + 1, dtype=torch.float64)
+            assert torch.allclose(law, (i / size) ** n - ((i - 1) / size) ** n, atol=1e-15)
+            gaps.append(float(dpo.best_of_n_kl_bound(n) - gu.kl_divergence(law, probs)))
+        assert gaps[0] > gaps[1] > gaps[2] > 0 and gaps[2] < 1e-3
+    assert float(dpo.best_of_n_kl_bound(1)) == 0.0
+
+
+def test_best_of_n_bad_inputs():
+    probs = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    with pytest.raises(ValueError, match="^num_responses"):
+        dpo.best_of_n_probs(probs, torch.zeros(2), 0)
+    with pytest.raises(ValueError, match="^probs"):
+        dpo.best_of_n_probs(torch.tensor([0.5, 0.6]), torch.zeros(2), 2)
+    with pytest.raises(ValueError, match="^scores"):
+        dpo.best_of_n_probs(probs, torch.zeros(3), 2)
+    with pytest.raises(ValueError, match="^scores"):
+        dpo.best_of_n_probs(probs, torch.tensor([0.0, math.nan]), 2)
+    with pytest.raises(ValueError, match="^num_responses"):
+        dpo.best_of_n_kl_bound(0)
+
+
+def test_sample_ranked_pairs_follows_the_exact_laws():
+    """Monte-Carlo frequencies of the kept responses against ``best_of_n_probs`` (with ties),
+    within 5 binomial standard errors; batched over two policies."""
+    generator = torch.Generator().manual_seed(3)
+    policy = torch.tensor([[[0.1, 0.3, 0.2, 0.4]], [[0.25, 0.25, 0.25, 0.25]]],
+                          dtype=torch.float64)  # [2, X=1, K=4]
+    scores = torch.tensor([[1.0, 0.0, 1.0, -1.0]], dtype=torch.float64)  # shared, with a tie
+    draws = 40000
+    contexts = torch.zeros(2, draws, dtype=torch.long)
+    first, second = dpo.sample_ranked_pairs(policy, scores, contexts=contexts,
+                                            responses_per_prompt=3, selector="max_min",
+                                            generator=generator)
+    for kept, worst in ((first, False), (second, True)):
+        frequencies = torch.stack([row.bincount(minlength=4) for row in kept]) / draws
+        law = dpo.best_of_n_probs(policy[:, 0], scores[0], 3, worst=worst)
+        error = 5 * (law * (1 - law) / draws).sqrt() + 1e-12
+        assert ((frequencies - law).abs() <= error).all()
+
+
+def test_sample_ranked_pairs_bad_inputs():
+    generator = torch.Generator().manual_seed(0)
+    policy = torch.full((2, 3), 1 / 3, dtype=torch.float64)
+    contexts = torch.zeros(4, dtype=torch.long)
+    kwargs = dict(contexts=contexts, selector="max_min", generator=generator)
+    with pytest.raises(ValueError, match="^responses_per_prompt"):
+        dpo.sample_ranked_pairs(policy, torch.zeros(2, 3), responses_per_prompt=1, **kwargs)
+    with pytest.raises(ValueError, match="^scores"):
+        dpo.sample_ranked_pairs(policy, torch.zeros(2, 4), responses_per_prompt=2, **kwargs)
+    with pytest.raises(ValueError, match="^policy"):
+        dpo.sample_ranked_pairs(policy * 2, torch.zeros(2, 3), responses_per_prompt=2, **kwargs)
+    with pytest.raises(ValueError, match="^selector"):
+        dpo.sample_ranked_pairs(policy, torch.zeros(2, 3), responses_per_prompt=2,
+                                **{**kwargs, "selector": "best"})
+
+
+def _bandit(seed=5):
+    generator = torch.Generator().manual_seed(seed)
+    return gu.LinearBTBandit.random(num_contexts=3, num_actions=5, dim=3, norm_bound=2.0,
+                                    eta=0.3, generator=generator), generator
+
+
+def test_label_pairs_is_the_labelling_of_sample_preferences():
+    bandit, _ = _bandit()
+    data = bandit.sample_preferences(50, bandit.ref_probs, bandit.ref_probs,
+                                     torch.Generator().manual_seed(1), (2,))
+    replay = torch.Generator().manual_seed(1)
+    contexts = bandit.sample_contexts(50, replay, (2,))
+    first = bandit._sample_actions(bandit.ref_probs, contexts, replay, "first_policy")
+    second = bandit._sample_actions(bandit.ref_probs, contexts, replay, "second_policy")
+    labelled = bandit.label_pairs(contexts, first, second, replay)
+    for name in ("contexts", "first_actions", "second_actions", "labels", "feature_diffs"):
+        assert torch.equal(getattr(labelled, name), getattr(data, name))
+    # labels are Bernoulli(sigmoid(r*(a1) - r*(a2))): a pair against itself is a fair coin
+    same = torch.zeros(20000, dtype=torch.long)
+    coin = bandit.label_pairs(same, same, same, replay).labels.mean()
+    assert abs(float(coin) - 0.5) < 5 * 0.5 / math.sqrt(20000)
+    with pytest.raises(ValueError, match="^contexts"):
+        bandit.label_pairs(contexts, first[..., :3], second, replay)
+    with pytest.raises(ValueError, match="^generator"):
+        bandit.label_pairs(contexts, first, second, None)
+
+
+def test_reward_model_is_the_mle_reward():
+    bandit, generator = _bandit()
+    data = bandit.sample_preferences(40, bandit.ref_probs, bandit.ref_probs, generator, (3,))
+    theta = estimation.fit_bt_mle(data.feature_diffs, data.labels, 0.5)
+    expected = torch.einsum("xkd,sd->sxk", bandit.features, theta)
+    assert torch.allclose(dpo.reward_model(bandit.features, data, reg=0.5), expected,
+                          atol=1e-12)
+
+
+def test_iterative_dpo_rankings_coincide_for_the_linear_class():
+    """With the linear class and a fixed reference the implicit reward is the reward model's
+    (up to a constant per prompt), so both rankings collect the same data on one stream; with
+    the tabular class they differ."""
+    bandit, generator = _bandit(seed=9)
+    start = bandit.sample_preferences(30, bandit.ref_probs, bandit.ref_probs, generator, (3,))
+    loop = dict(num_iterations=2, pairs_per_iteration=12, responses_per_prompt=4,
+                selector="max_min", reg=1.0)
+    runs = {(ranking, name): dpo.iterative_dpo(
+        bandit, start, **loop, ranking=ranking, features=features,
+        generator=torch.Generator().manual_seed(4))
+        for ranking in dpo.RANKINGS
+        for name, features in (("linear", None), ("tabular", dpo.one_hot_features(3, 5)))}
+    linear = [runs[r, "linear"].data for r in dpo.RANKINGS]
+    assert torch.equal(linear[0].first_actions, linear[1].first_actions)
+    assert torch.equal(linear[0].second_actions, linear[1].second_actions)
+    tabular = [runs[r, "tabular"].data for r in dpo.RANKINGS]
+    assert not torch.equal(tabular[0].first_actions, tabular[1].first_actions)
+    with pytest.raises(ValueError, match="^ranking"):
+        dpo.iterative_dpo(bandit, start, **loop, ranking="oracle", generator=generator)
+
+
+def test_run_online_best_worst_replays_its_docstring():
+    """One batch written out: the MLE on the initial data is the reward model, prompts from d0,
+    n responses from the Gibbs policy of the MLE, best against worst by that reward model, the
+    oracle's labels; the recorded kl and gamma are those of the exact best/worst laws."""
+    bandit, generator = _bandit(seed=7)
+    initial = bandit.sample_preferences(20, bandit.ref_probs, bandit.ref_probs, generator, (2,))
+    run = online.run_online(bandit, method="best_worst", num_batches=1, batch_size=9,
+                            num_seeds=2, beta=1.5, reg=1.0, initial_data=initial,
+                            responses_per_prompt=3, generator=torch.Generator().manual_seed(6))
+    replay = torch.Generator().manual_seed(6)
+    theta = estimation.fit_bt_mle(initial.feature_diffs, initial.labels, 1.0)
+    scores = bandit.rewards(theta)
+    main = gu.gibbs_policy(bandit.ref_probs, scores, bandit.eta)
+    contexts = bandit.sample_contexts(9, replay, (2,))
+    first, second = dpo.sample_ranked_pairs(main, scores, contexts=contexts,
+                                            responses_per_prompt=3, selector="max_min",
+                                            generator=replay)
+    batch = bandit.label_pairs(contexts, first, second, replay)
+    assert torch.equal(run.data.first_actions[:, 20:], batch.first_actions)
+    assert torch.equal(run.data.labels[:, 20:], batch.labels)
+    best, worst = (dpo.best_of_n_probs(main, scores, 3, worst=w) for w in (False, True))
+    assert torch.allclose(run.second_policies[0], worst)
+    assert torch.allclose(run.kl[0], bandit.expected_kl(worst, best))
+    gamma = online.policy_uncertainty(bandit, worst, main=best, sigma=run.sigma[0], beta=1.5)
+    assert torch.allclose(run.gamma[0], gamma)
