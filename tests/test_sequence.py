@@ -829,3 +829,21 @@ def test_compare_over_seeds_on_held_out_prompts():
         mini.compare_over_seeds(runs, method="gshf", baseline="offline_dpo", prompts="test")
     with pytest.raises(ValueError, match="baseline"):
         mini.compare_over_seeds(runs, method="gshf", baseline="rso", prompts="held_out")
+
+
+def test_comparisons_table_rows_are_the_seed_level_tests():
+    from gsfh_utils.lm import experiment as mini
+
+    curve = [(1.0, (0.8, 1.2, 2.0)), (0.5, (1.0, 1.4, 4.0))]
+    runs = [fake_run(0, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve),
+            fake_run(1, (0.9, 0.8, 3.0), (0.8, 1.0, 2.0), curve)]
+    table = mini.comparisons_table(runs, [("gshf", "offline_dpo"), ("gshf", "sft")])
+    for row, baseline in zip(table.itertuples(index=False), ("offline_dpo", "sft"), strict=True):
+        test = mini.compare_over_seeds(runs, method="gshf", baseline=baseline)
+        assert row[1] == mini.METHODS[baseline]
+        assert (row[2], row[3]) == pytest.approx((test.effect, test.p_value))
+    with pytest.raises(ValueError, match="pairs"):
+        mini.comparisons_table(runs, [])
+    # The matched-KL test of another method: offline DPO lies on its own curve (difference 0).
+    pooled = mini.matched_kl_over_seeds(runs, method="offline_dpo")
+    assert pooled.details["per_seed_effects"] == pytest.approx([0.0, 0.0])

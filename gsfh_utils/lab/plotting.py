@@ -612,6 +612,7 @@ def win_rate_heatmap_figure(frame, *, labels: dict):
     sns.heatmap(table, annot=text, fmt="", cmap="RdBu_r", vmin=0.3, vmax=0.7, center=0.5,
                 ax=ax, annot_kws={"fontsize": 8}, cbar_kws={"label": "gold win rate of the row"},
                 xticklabels=[labels[n] for n in names], yticklabels=[labels[n] for n in names])
+    ax.grid(False)
     ax.set(xlabel="against", ylabel="policy",
            title="Gold win rates (mean over seeds, [t confidence interval]; seed as the unit)")
     fig.tight_layout()

@@ -637,13 +637,14 @@ def matched_kl_test(run: dict, *, kl: str = "kl_k1", alternative: str = "greater
 
 
 def matched_kl_over_seeds(runs: list[dict], *, kl: str = "kl_k1", alternative: str = "greater",
-                          level: float = 0.01, envelope: bool = False) -> stats.TestResult:
-    """``matched_kl_test`` in every seed, pooled by ``over_seeds``; ``details`` also counts the
-    seeds where GSHF's KL lies outside the curve's range (``outside``)."""
+                          level: float = 0.01, envelope: bool = False,
+                          method: str = "gshf") -> stats.TestResult:
+    """``matched_kl_test`` of ``method`` in every seed, pooled by ``over_seeds``; ``details``
+    also counts the seeds where its KL lies outside the curve's range (``outside``)."""
     if not runs:
         raise ValueError("runs must hold at least one seed")
-    tests = [matched_kl_test(run, kl=kl, alternative=alternative, envelope=envelope)
-             for run in runs]
+    tests = [matched_kl_test(run, kl=kl, alternative=alternative, envelope=envelope,
+                             method=method) for run in runs]
     pooled = over_seeds(tests, alternative, level=level)
     details = {**pooled.details, "outside": sum(not t.details["inside"] for t in tests),
                "kl_noise": max(t.details["kl_noise"] for t in tests)}
@@ -752,4 +753,23 @@ def comparisons_frame(runs: list[dict], method: str = "gshf",
                                    baseline=run["evaluations"][baseline])
             row.update({f"minus_{baseline}": test.effect, f"p_{baseline}": test.p_value})
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def comparisons_table(runs: list[dict], pairs, *, prompts: str = "evaluations",
+                      level: float = 0.01) -> pd.DataFrame:
+    """One row per ``(method, baseline)`` of ``pairs``: ``compare_over_seeds`` of their gold
+    rewards on ``prompts`` (one-sided, ``method`` larger), with the mean difference, the
+    seed-level p-value and the number of seeds whose own test is at or below ``level`` in each
+    direction."""
+    rows = []
+    for method, baseline in pairs:
+        test = compare_over_seeds(runs, method=method, baseline=baseline, level=level,
+                                  prompts=prompts)
+        rows.append({"method": METHODS[method], "baseline": METHODS[baseline],
+                     "mean gold difference": test.effect, "seed-level p-value": test.p_value,
+                     "seeds significant": test.details["seeds_significant"],
+                     "seeds significant, opposite": test.details["seeds_significant_opposite"]})
+    if not rows:
+        raise ValueError("pairs must hold at least one (method, baseline) pair")
     return pd.DataFrame(rows)
