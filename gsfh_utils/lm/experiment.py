@@ -2,9 +2,10 @@
 section 6): one seed of every method (``run_seed``), many seeds (``run_seeds``), and the
 summaries and tests behind the notebook's claims.
 
-``run_seed`` builds a random ``SyntheticLanguage``, trains ``pi0`` on it by supervised learning,
-draws ``num_gold_pairs`` gold-labelled preference pairs from ``pi0``, fits a (length-biased)
-bag-of-tokens proxy reward on them, and trains and evaluates every method:
+``run_seed`` builds a random ``SyntheticLanguage``, trains ``pi0`` on it by supervised learning
+(every prompt), draws ``num_gold_pairs`` gold-labelled preference pairs from ``pi0`` on the
+training prompts (all but the last ``held_out_prompts``, which no pair of any method uses), fits
+a (length-biased) bag-of-tokens proxy reward on them, and trains and evaluates every method:
 
 - ``sft``: ``pi0`` itself;
 - ``offline_dpo``: DPO on the gold-labelled pairs at ``eta``; the offline-DPO *curve* repeats it
@@ -18,13 +19,20 @@ bag-of-tokens proxy reward on them, and trains and evaluates every method:
   ``dpo_steps`` steps; each of ``gshf_iterations`` iterations samples ``best_of_n`` responses per
   prompt from the current policy, pairs best-of-n against worst-of-n by the proxy, appends them
   to the data, and runs ``dpo_steps`` more DPO steps on all data so far, warm-started from the
-  current policy, with the reference fixed at ``pi0``.
+  current policy, with the reference fixed at ``pi0``;
+- ``gshf_pi0``: the control of ``gshf`` with its best-of-n candidates drawn from ``pi0`` instead
+  of the current policy (the same start, rounds, steps, gold pairs and number of proxy-labelled
+  pairs): GSHF against it separates exploring with the current policy from iterating on more
+  data.
+
+The final policies (``FINAL``) are also evaluated on the held-out prompts and compared with each
+other by gold Bradley-Terry labels (``sequence.gold_win_counts``, on the evaluation responses).
 
 DPO is trained in *rounds* of ``dpo_steps`` steps, each with a fresh Adam optimiser (GSHF's
 schedule). GSHF takes ``1 + gshf_iterations`` rounds; with ``matched_steps`` every offline-DPO
 and RSO policy takes as many (on its fixed data), so that every DPO-trained policy has the same
 number of gradient steps and GSHF differs only in its data; without it, they take one round.
-``budget`` lists what each method consumes.
+``budget`` lists what each method consumes: the same gold labels for all, not the same pairs.
 
 A seed's randomness comes from independent streams (``stream``): the setup, each method's
 training and the evaluation. So a seed's results do not depend on the other seeds, on the order
