@@ -361,7 +361,8 @@ def test_other_bad_inputs():
 def toy_config(**changes):
     from gsfh_utils.lm.experiment import MiniatureConfig
 
-    sizes = dict(num_prompts=2, vocab_size=4, max_len=5, hidden_dim=8, language_samples=64,
+    sizes = dict(num_prompts=3, held_out_prompts=1, vocab_size=4, max_len=5, hidden_dim=8,
+                 language_samples=64,
                  sft_steps=4, num_gold_pairs=32, dpo_steps=3, dpo_batch=16, num_generated=12,
                  rso_pool=4, ms_stages=2, ms_sft_steps=2, gshf_iterations=2, best_of_n=3,
                  eval_per_prompt=8, one_step_rate_samples=64, frontier_factors=(2.0, 1.0, 0.5))
@@ -374,6 +375,15 @@ def test_run_seed_is_deterministic_and_complete():
     first, second = mini.run_seed(toy_config(), 3), mini.run_seed(toy_config(), 3)
     assert first == second
     assert set(first["evaluations"]) == set(mini.METHODS)
+    assert list(first["held_out"]) == list(mini.FINAL) == list(first["wins"])
+    # The held-out evaluation uses the last prompt only, the others the two training prompts.
+    assert first["held_out"]["gshf"]["num_pairs"] == 8
+    assert first["wins"]["sft"]["gshf"]["num_pairs"] == 16
+    assert len(first["gshf_pi0_trajectory"]) == 4 and len(first["offline_rounds"]) == 3
+    assert first["offline_rounds"][0] == first["evaluations"]["gshf_start"]
+    assert first["offline_rounds"][-1] == first["evaluations"]["offline_dpo"]
+    assert first["gshf_pi0_trajectory"][:2] == first["gshf_trajectory"][:2]  # shared start
+    assert first["gshf_pi0_trajectory"][-1] == first["evaluations"]["gshf_pi0"]
     assert len(first["gshf_trajectory"]) == 2 + 2  # pi0, offline start, two iterations
     assert first["gshf_trajectory"][-1] == first["evaluations"]["gshf"]
     assert [point["factor"] for point in first["frontier"]] == [2.0, 1.0, 0.5]
@@ -390,7 +400,9 @@ def test_run_seed_without_iterations_and_with_one_round():
     from gsfh_utils.lm import experiment as mini
 
     run = mini.run_seed(toy_config(gshf_iterations=0, matched_steps=False), 1)
-    assert len(run["gshf_trajectory"]) == 2
+    assert len(run["gshf_trajectory"]) == 2 and len(run["gshf_pi0_trajectory"]) == 2
+    assert len(run["offline_rounds"]) == 1
+    assert run["wins"]["gshf_pi0"]["gshf"]["num_pairs"] == 16
     assert run["diagnostics"]["gshf_pairs_length_signs"] == []
     assert run["diagnostics"]["gshf_gold_ranked_length_signs"] == []
 
@@ -434,6 +446,15 @@ def test_config_rounds_and_budget():
     assert table.loc["rso", "generated_responses"] == 13 * 4
     assert table.loc["multi_step_rs", "gradient_steps"] == 2 * 2
     assert (table["gold_labels"] == 32).all()
+    # Trained on: the gold pairs, the proxy-labelled ones, or both (GSHF and its pi0 variant).
+    assert table["training_pairs"].to_dict() == {"offline_dpo": 32, "rso": 13, "multi_step_rs": 0,
+                                                 "gshf_pi0": 32 + 12, "gshf": 32 + 12}
+    assert (table.loc["gshf_pi0"] == table.loc["gshf"]).all()
+    assert config.train_prompts == 2
+    with pytest.raises(ValueError, match="held_out_prompts"):
+        toy_config(held_out_prompts=3)
+    with pytest.raises(ValueError, match="held_out_prompts"):
+        toy_config(held_out_prompts=0)
 
 
 def evaluation(gold, gold_std, n, **more):
@@ -637,11 +658,18 @@ def test_evaluations_frame_and_summary_table():
 
     runs = [mini.run_seed(toy_config(), seed) for seed in (1, 2)]
     frame = mini.evaluations_frame(runs)
-    assert len(frame) == 2 * (len(mini.METHODS) + 3 + 3)  # methods, curve, start + 2 iterates
+    # methods, curve, start + 2 iterates of GSHF and of its variant, 3 offline rounds
+    assert len(frame) == 2 * (len(mini.METHODS) + 3 + 3 + 3 + 3)
+    assert sorted(frame.loc[frame["method"] == "offline_dpo_rounds", "round"].unique()) == [1, 2, 3]
     assert sorted(frame.loc[frame["method"] == "gshf_path", "iteration"].unique()) == [0, 1, 2]
     table = mini.summary_table(frame)
     assert list(table["method"]) == list(mini.METHODS.values()) + [
         "offline DPO, eta x 2", "offline DPO, eta x 0.5"]  # eta x 1 is the offline DPO row
+    held_out = mini.held_out_frame(runs)
+    assert len(held_out) == 2 * len(mini.FINAL)
+    held_table = mini.summary_table(held_out)  # the methods it holds, no curve
+    assert list(held_table["method"]) == [mini.METHODS[m] for m in mini.METHODS
+                                          if m in mini.FINAL]
     golds = [run["evaluations"]["gshf"]["gold"] for run in runs]
     mean, std = sum(golds) / 2, abs(golds[0] - golds[1]) / math.sqrt(2)
     assert table.set_index("method").loc["GSHF-DPO (iterative)", "gold reward"] == \
@@ -700,3 +728,122 @@ def test_the_concave_envelope_bounds_a_concave_curve_from_above():
     assert point["concave_standard_error"] == pytest.approx(math.hypot(1.5 * 0.1, 0.5 * 0.1))
     edge = interpolate(kls=[0.0, 1.0], values=[0.0, 1.0], standard_errors=[0.1, 0.1], at=0.5)
     assert edge["concave_value"] == edge["value"]  # no neighbouring segment: the chord
+
+
+def test_evaluate_policy_on_given_responses_matches_drawing_them():
+    language, policy = tiny_language(2), tiny_policy(1, vocab_size=3, max_len=4, num_prompts=2)
+    reference = tiny_policy(2, vocab_size=3, max_len=4, num_prompts=2)
+    prompts = torch.tensor([0, 1] * 50)
+    drawn = sq.evaluate_policy(policy, reference, language, prompts,
+                               torch.Generator().manual_seed(9))
+    generator = torch.Generator().manual_seed(9)
+    mine = sq.sample(policy, prompts, generator)
+    given = sq.evaluate_policy(policy, reference, language, prompts, generator, responses=mine)
+    assert given == drawn
+    with pytest.raises(ValueError, match="rows"):
+        sq.evaluate_policy(policy, reference, language, prompts, generator, responses=mine[:3])
+
+
+def test_gold_win_counts_against_the_oracle():
+    language = tiny_language(1)
+    n = 20000
+    prompts = torch.ones(n, dtype=torch.long)
+    fixed = {"a": torch.tensor([[1, 2, 2, 0]]), "b": torch.tensor([[2, 0, 0, 0]]),
+             "c": torch.tensor([[1, 1, 0, 0]])}
+    responses = {name: y.expand(n, 4) for name, y in fixed.items()}
+    counts = sq.gold_win_counts(language, prompts, responses, torch.Generator().manual_seed(3))
+    assert list(counts) == ["a", "b", "c"] and counts["c"] == {}
+    gold = {name: language.gold_reward(torch.ones(1, dtype=torch.long), y)[0].item()
+            for name, y in fixed.items()}
+    for first, second in (("a", "b"), ("a", "c"), ("b", "c")):
+        cell = counts[first][second]
+        p = 1 / (1 + math.exp(gold[second] - gold[first]))  # BT by hand
+        assert cell["num_pairs"] == n and cell["probability"] == pytest.approx(p)
+        z = (cell["wins"] / n - p) / math.sqrt(p * (1 - p) / n)
+        assert abs(z) < 3.29  # two-sided level 1e-3
+    with pytest.raises(ValueError, match="at least two"):
+        sq.gold_win_counts(language, prompts, {"a": responses["a"]},
+                           torch.Generator().manual_seed(3))
+    with pytest.raises(ValueError, match="responses\\['b'\\]"):
+        sq.gold_win_counts(language, prompts, {"a": responses["a"], "b": responses["b"][:5]},
+                           torch.Generator().manual_seed(3))
+
+
+def test_win_rates_frame_against_scipy():
+    from scipy import stats as scipy_stats
+
+    from gsfh_utils.lm import experiment as mini
+
+    def cell(wins, probability):
+        return {"wins": wins, "num_pairs": 100, "probability": probability}
+
+    runs = [{"wins": {"x": {"y": cell(w_xy, 0.6), "z": cell(w_xz, 0.5)},
+                      "y": {"z": cell(w_yz, 0.4)}, "z": {}}}
+            for w_xy, w_xz, w_yz in ((60, 50, 30), (70, 40, 45), (65, 52, 41))]
+    frame = mini.win_rates_frame(runs, confidence=0.9).set_index(["method", "opponent"])
+    assert len(frame) == 6
+    rates = [0.6, 0.7, 0.65]
+    low, high = scipy_stats.t.interval(0.9, 2, loc=sum(rates) / 3,
+                                       scale=scipy_stats.sem(rates))
+    row = frame.loc[("x", "y")]
+    assert row["win_rate"] == pytest.approx(0.65)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high))
+    assert row["p_value"] == pytest.approx(scipy_stats.ttest_1samp(rates, 0.5).pvalue)
+    assert row["seeds_above_half"] == 3 and row["bt_probability"] == pytest.approx(0.6)
+    flipped = frame.loc[("z", "y")]  # y's rates 0.30, 0.45, 0.41 against z, seen from z
+    assert flipped["win_rate"] == pytest.approx(1 - (0.30 + 0.45 + 0.41) / 3)
+    assert flipped["bt_probability"] == pytest.approx(0.6)
+    assert flipped["seeds_above_half"] == 3
+    for (method, opponent), values in frame.iterrows():  # symmetric: the rates add up to 1
+        assert values["win_rate"] + frame.loc[(opponent, method), "win_rate"] == \
+            pytest.approx(1.0)
+    one_sided = mini.win_rate_test(runs, method="x", opponent="y")
+    assert one_sided.p_value == pytest.approx(
+        scipy_stats.ttest_1samp(rates, 0.5, alternative="greater").pvalue)
+    assert one_sided.details["per_seed_win_rates"] == pytest.approx(rates)
+    with pytest.raises(ValueError, match="'w' is not a compared policy"):
+        mini.win_rate_test(runs, method="w", opponent="y")
+    with pytest.raises(ValueError, match="differ"):
+        mini.win_rate_test(runs, method="x", opponent="x")
+    with pytest.raises(ValueError, match="confidence"):
+        mini.win_rates_frame(runs, confidence=1.0)
+    with pytest.raises(ValueError, match="runs"):
+        mini.win_rates_frame(runs[:1])
+
+
+def test_compare_over_seeds_on_held_out_prompts():
+    from gsfh_utils.lm import experiment as mini
+
+    curve = [(1.0, (0.8, 1.2, 2.0)), (0.5, (1.0, 1.4, 4.0))]
+    runs = [fake_run(0, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve),
+            fake_run(1, (0.9, 0.8, 3.0), (0.8, 1.0, 2.0), curve)]
+    for run in runs:  # the held-out evaluations: the roles swapped
+        run["held_out"] = {"gshf": run["evaluations"]["offline_dpo"],
+                           "offline_dpo": run["evaluations"]["gshf"]}
+    on_training = mini.compare_over_seeds(runs, method="gshf", baseline="offline_dpo")
+    held_out = mini.compare_over_seeds(runs, method="gshf", baseline="offline_dpo",
+                                       prompts="held_out", alternative="less")
+    assert held_out.effect == pytest.approx(-on_training.effect)
+    assert held_out.p_value == pytest.approx(on_training.p_value)
+    with pytest.raises(ValueError, match="prompts"):
+        mini.compare_over_seeds(runs, method="gshf", baseline="offline_dpo", prompts="test")
+    with pytest.raises(ValueError, match="baseline"):
+        mini.compare_over_seeds(runs, method="gshf", baseline="rso", prompts="held_out")
+
+
+def test_comparisons_table_rows_are_the_seed_level_tests():
+    from gsfh_utils.lm import experiment as mini
+
+    curve = [(1.0, (0.8, 1.2, 2.0)), (0.5, (1.0, 1.4, 4.0))]
+    runs = [fake_run(0, (1.1, 0.8, 3.0), (0.8, 1.2, 2.0), curve),
+            fake_run(1, (0.9, 0.8, 3.0), (0.8, 1.0, 2.0), curve)]
+    table = mini.comparisons_table(runs, [("gshf", "offline_dpo"), ("gshf", "sft")])
+    for row, baseline in zip(table.itertuples(index=False), ("offline_dpo", "sft"), strict=True):
+        test = mini.compare_over_seeds(runs, method="gshf", baseline=baseline)
+        assert row[1] == mini.METHODS[baseline]
+        assert (row[2], row[3]) == pytest.approx((test.effect, test.p_value))
+    with pytest.raises(ValueError, match="pairs"):
+        mini.comparisons_table(runs, [])
+    # The matched-KL test of another method: offline DPO lies on its own curve (difference 0).
+    pooled = mini.matched_kl_over_seeds(runs, method="offline_dpo")
+    assert pooled.details["per_seed_effects"] == pytest.approx([0.0, 0.0])

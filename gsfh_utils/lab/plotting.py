@@ -429,29 +429,34 @@ def kl_estimators_figure(frame, *, kl_small: float):
 
 #: Colours and markers of the methods of notebook 05.
 _LM_STYLE = {"offline_dpo_curve": ("C0", "o"), "rso": ("C1", "s"), "multi_step_rs": ("C2", "^"),
-             "gshf_path": ("C3", "*"), "sft": ("k", "D")}
+             "gshf_path": ("C3", "*"), "sft": ("k", "D"), "gshf_pi0_path": ("C4", "P")}
 
 
-def _lm_path(frame):
-    """pi0 then GSHF's start and iterates, per seed, by ``iteration`` (-1 for pi0)."""
-    path = frame[frame["method"].isin(["sft", "gshf_path"])]
-    path = path.assign(iteration=path["iteration"].where(path["method"] == "gshf_path", -1))
+def _lm_path(frame, method: str = "gshf_path"):
+    """pi0 then GSHF's (or ``method``'s) start and iterates, per seed, by ``iteration`` (-1 for
+    pi0)."""
+    path = frame[frame["method"].isin(["sft", method])]
+    path = path.assign(iteration=path["iteration"].where(path["method"] == method, -1))
     return path.sort_values(["seed", "iteration"])
 
 
 def reward_kl_plane_figure(frame, *, eta: float):
     """Gold reward against the KL to pi0, estimated by ``k1`` (left) and ``k3`` (right): the
-    offline-DPO curve (``offline_dpo_curve``, one point per factor of ``eta``), RSO, multi-step RS
-    and the GSHF path (pi0, start, iterates); thin lines and small markers for each seed, large
-    ones for the means over seeds."""
+    offline-DPO curve (``offline_dpo_curve``, one point per factor of ``eta``), RSO, multi-step RS,
+    the GSHF path (pi0, start, iterates) and the path of its variant with pairs from pi0; thin
+    lines and small markers for each seed, large ones for the means over seeds."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     curve = frame[frame["method"] == "offline_dpo_curve"].sort_values(["seed", "factor"],
                                                                      ascending=[True, False])
-    path = _lm_path(frame)
     for ax, kl, name in zip(axes, ("kl_k1", "kl_k3"), ("k_1", "k_3"), strict=True):
-        for label, part, key in ((r"offline DPO, $\eta\times$factor", curve, "factor"),
-                                 ("GSHF-DPO path", path, "iteration")):
-            color, marker = _LM_STYLE["offline_dpo_curve" if key == "factor" else "gshf_path"]
+        for label, part, key, style in (
+                (r"offline DPO, $\eta\times$factor", curve, "factor", "offline_dpo_curve"),
+                ("GSHF-DPO path", _lm_path(frame), "iteration", "gshf_path"),
+                (r"GSHF-DPO, pairs from $\pi_0$", _lm_path(frame, "gshf_pi0_path"), "iteration",
+                 "gshf_pi0_path")):
+            color, marker = _LM_STYLE[style]
+            if part.empty or (style == "gshf_pi0_path" and part["iteration"].max() < 1):
+                continue
             for _, seed_part in part.groupby("seed"):
                 ax.plot(seed_part[kl], seed_part["gold"], "-", color=color, alpha=0.25, lw=1)
             mean = part.groupby(key, sort=False)[[kl, "gold"]].mean()
@@ -459,7 +464,8 @@ def reward_kl_plane_figure(frame, *, eta: float):
                     "iteration" else 6, label=label + " (mean)")
             for value, row in mean.iterrows():
                 text = (f"×{value:g}" if key == "factor" else
-                        "start" if value == 0 else f"it {value:g}" if value > 0 else None)
+                        "start" if value == 0 and style == "gshf_path" else
+                        f"it {value:g}" if value > 0 and style == "gshf_path" else None)
                 if text:
                     ax.annotate(text, (row[kl], row["gold"]), textcoords="offset points",
                                 xytext=(5, -11), fontsize=8, color=color)
@@ -510,6 +516,72 @@ def length_iterations_figure(frame):
               title="What the proxy pays for, and what gold pays for")
     for ax in (left, right):
         ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# 05 · Budgets and win rates of the miniature experiment.
+# --------------------------------------------------------------------------------------------
+
+
+def lm_rounds_figure(frame, *, budget, dpo_steps: int, pairs_per_iteration: int):
+    """Gold reward of the DPO-trained policies of notebook 05 against their budget: gradient
+    steps (left) and preference pairs trained on, gold and proxy-labelled (right). Offline DPO at
+    ``eta`` after each round (``offline_dpo_rounds``), the GSHF path and its variant with pairs
+    from pi0 (``gshf_path``, ``gshf_pi0_path``: round 1 is the shared start), RSO as a point at
+    its budget (``budget`` from ``experiment.budget``); markers and bars: mean ± std over
+    seeds."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    budget = budget.set_index("method")
+    gold_pairs = int(budget.loc["offline_dpo", "gold_labels"])
+    rounds = frame[frame["method"] == "offline_dpo_rounds"].assign(pairs=gold_pairs)
+    paths = [(rounds, r"offline DPO at $\eta$ (gold pairs only)", "offline_dpo_curve")]
+    for method, label in (("gshf_pi0_path", r"GSHF-DPO, pairs from $\pi_0$"),
+                          ("gshf_path", "GSHF-DPO (iterative)")):
+        part = frame[frame["method"] == method]
+        paths.append((part.assign(round=part["iteration"] + 1,
+                                  pairs=gold_pairs + part["iteration"] * pairs_per_iteration),
+                      label, method))
+    rso = frame[frame["method"] == "rso"]["gold"]
+    for ax, column in zip(axes, ("steps", "pairs"), strict=True):
+        for part, label, style in paths:
+            part = part.assign(steps=part["round"] * dpo_steps)
+            summary = part.groupby("round")[[column, "gold"]].agg(["mean", "std"])
+            color, marker = _LM_STYLE[style]
+            ax.errorbar(summary[(column, "mean")], summary[("gold", "mean")],
+                        yerr=summary[("gold", "std")].fillna(0), fmt="-" + marker, color=color,
+                        capsize=3, label=label)
+        color, marker = _LM_STYLE["rso"]
+        where = budget.loc["rso", "gradient_steps" if column == "steps" else "training_pairs"]
+        ax.errorbar([where], [rso.mean()], yerr=[rso.std()], fmt=marker, color=color, capsize=3,
+                    label="RSO (proxy-labelled pairs only)")
+    axes[0].set(xlabel="DPO gradient steps", ylabel="gold reward (mean over seeds ± std)",
+                title="Against gradient steps")
+    axes[1].set(xlabel="preference pairs trained on (gold + proxy-labelled)",
+                title=f"Against pairs (every method: {gold_pairs} gold labels)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def win_rate_heatmap_figure(frame, *, labels: dict):
+    """Gold win rate of each final policy (row) against each other (column), the mean over seeds
+    annotated with its confidence interval (``frame`` from ``experiment.win_rates_frame``;
+    ``labels``: method -> display name, in the order of the rows)."""
+    names = [name for name in labels if name in set(frame["method"])]
+    table = frame.pivot(index="method", columns="opponent", values="win_rate").reindex(
+        index=names, columns=names)
+    cells = frame.set_index(["method", "opponent"])
+    text = [["" if a == b else "{:.2f}\n[{:.2f}, {:.2f}]".format(
+        *cells.loc[(a, b), ["win_rate", "ci_low", "ci_high"]]) for b in names] for a in names]
+    fig, ax = plt.subplots(figsize=(8.5, 6.5))
+    sns.heatmap(table, annot=text, fmt="", cmap="RdBu_r", vmin=0.3, vmax=0.7, center=0.5,
+                ax=ax, annot_kws={"fontsize": 8}, cbar_kws={"label": "gold win rate of the row"},
+                xticklabels=[labels[n] for n in names], yticklabels=[labels[n] for n in names])
+    ax.grid(False)
+    ax.set(xlabel="against", ylabel="policy",
+           title="Gold win rates (mean over seeds, [t confidence interval]; seed as the unit)")
     fig.tight_layout()
     return fig
 

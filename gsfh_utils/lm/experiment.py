@@ -2,9 +2,10 @@
 section 6): one seed of every method (``run_seed``), many seeds (``run_seeds``), and the
 summaries and tests behind the notebook's claims.
 
-``run_seed`` builds a random ``SyntheticLanguage``, trains ``pi0`` on it by supervised learning,
-draws ``num_gold_pairs`` gold-labelled preference pairs from ``pi0``, fits a (length-biased)
-bag-of-tokens proxy reward on them, and trains and evaluates every method:
+``run_seed`` builds a random ``SyntheticLanguage``, trains ``pi0`` on it by supervised learning
+(every prompt), draws ``num_gold_pairs`` gold-labelled preference pairs from ``pi0`` on the
+training prompts (all but the last ``held_out_prompts``, which no pair of any method uses), fits
+a (length-biased) bag-of-tokens proxy reward on them, and trains and evaluates every method:
 
 - ``sft``: ``pi0`` itself;
 - ``offline_dpo``: DPO on the gold-labelled pairs at ``eta``; the offline-DPO *curve* repeats it
@@ -18,13 +19,20 @@ bag-of-tokens proxy reward on them, and trains and evaluates every method:
   ``dpo_steps`` steps; each of ``gshf_iterations`` iterations samples ``best_of_n`` responses per
   prompt from the current policy, pairs best-of-n against worst-of-n by the proxy, appends them
   to the data, and runs ``dpo_steps`` more DPO steps on all data so far, warm-started from the
-  current policy, with the reference fixed at ``pi0``.
+  current policy, with the reference fixed at ``pi0``;
+- ``gshf_pi0``: the control of ``gshf`` with its best-of-n candidates drawn from ``pi0`` instead
+  of the current policy (the same start, rounds, steps, gold pairs and number of proxy-labelled
+  pairs): GSHF against it separates exploring with the current policy from iterating on more
+  data.
+
+The final policies (``FINAL``) are also evaluated on the held-out prompts and compared with each
+other by gold Bradley-Terry labels (``sequence.gold_win_counts``, on the evaluation responses).
 
 DPO is trained in *rounds* of ``dpo_steps`` steps, each with a fresh Adam optimiser (GSHF's
 schedule). GSHF takes ``1 + gshf_iterations`` rounds; with ``matched_steps`` every offline-DPO
 and RSO policy takes as many (on its fixed data), so that every DPO-trained policy has the same
 number of gradient steps and GSHF differs only in its data; without it, they take one round.
-``budget`` lists what each method consumes.
+``budget`` lists what each method consumes: the same gold labels for all, not the same pairs.
 
 A seed's randomness comes from independent streams (``stream``): the setup, each method's
 training and the evaluation. So a seed's results do not depend on the other seeds, on the order
@@ -41,6 +49,7 @@ from multiprocessing import get_context
 
 import pandas as pd
 import torch
+from scipy import stats as scipy_stats
 
 from .._validation import check_positive_int, check_positive_number
 from ..lab import stats
@@ -52,7 +61,8 @@ from . import sequence as sq
 class MiniatureConfig:
     """Every knob of one seed of the experiment (the notebook's parameters)."""
 
-    num_prompts: int = 8
+    num_prompts: int = 8          # prompts of the language, the held-out ones included
+    held_out_prompts: int = 2     # the last prompts: in pi0's corpus, in no pair (off-distribution)
     vocab_size: int = 16
     max_len: int = 12
     hidden_dim: int = 48
@@ -93,6 +103,9 @@ class MiniatureConfig:
             raise ValueError(f"frontier_factors must hold at least 2 distinct positive numbers, "
                              f"got {self.frontier_factors!r}")
         object.__setattr__(self, "frontier_factors", factors)
+        if self.held_out_prompts >= self.num_prompts:
+            raise ValueError(f"held_out_prompts ({self.held_out_prompts}) must be smaller than "
+                             f"num_prompts ({self.num_prompts})")
         if self.best_of_n < 2 or self.rso_pool < 2:
             raise ValueError(f"best_of_n and rso_pool must be at least 2, got {self.best_of_n}, "
                              f"{self.rso_pool}")
@@ -102,6 +115,11 @@ class MiniatureConfig:
         if self.ms_eta_start_factor < 1:
             raise ValueError(f"ms_eta_start_factor must be at least 1, got "
                              f"{self.ms_eta_start_factor!r}")
+
+    @property
+    def train_prompts(self) -> int:
+        """Prompts ``0 .. train_prompts - 1`` are the only ones of any preference pair."""
+        return self.num_prompts - self.held_out_prompts
 
     @property
     def rounds(self) -> int:
@@ -126,10 +144,14 @@ def length_signs(pairs: sq.PreferencePairs) -> list[int]:
     return [int((chosen > rejected).sum()), int((chosen < rejected).sum())]
 
 
+#: The final policy of every method: held-out evaluations and gold comparisons (``wins``).
+FINAL = ("sft", "offline_dpo", "rso", "multi_step_rs", "gshf_pi0", "gshf")
+
 #: Independent random streams of one seed: the setup (language, pi0, gold pairs, proxy), each
 #: method's training, and the evaluation. A knob of one method (``rso_pool``, the evaluation
 #: size ...) then leaves every other method's policies unchanged.
-STREAMS = ("setup", "offline_dpo", "rso", "multi_step_rs", "gshf", "evaluation", "gold_ranking")
+STREAMS = ("setup", "offline_dpo", "rso", "multi_step_rs", "gshf", "evaluation", "gold_ranking",
+           "gshf_pi0")
 
 
 def stream(seed: int, name: str) -> torch.Generator:
@@ -140,27 +162,38 @@ def stream(seed: int, name: str) -> torch.Generator:
 
 def run_seed(config: MiniatureConfig, seed: int) -> dict:
     """Run every method on one seed (see the module docstring). Returns a JSON-ready dict:
-    ``evaluations`` (one per method, from ``sequence.evaluate_policy``), ``frontier`` (the
-    offline-DPO curve: one evaluation per factor, with its ``factor``), ``gshf_trajectory``
-    (pi0, GSHF's start, then every iteration) and ``diagnostics``."""
+    ``evaluations`` (one per method, from ``sequence.evaluate_policy``, on the training prompts),
+    ``held_out`` (the final policies of ``FINAL`` on the held-out prompts), ``wins`` (gold
+    comparisons of every two of them, ``sequence.gold_win_counts``, on the training prompts),
+    ``frontier`` (the offline-DPO curve: one evaluation per factor, with its ``factor``),
+    ``offline_rounds`` (offline DPO at ``eta`` after each round), ``gshf_trajectory`` and
+    ``gshf_pi0_trajectory`` (pi0, the shared start, then every iteration) and ``diagnostics``."""
     setup, evaluation_stream = stream(seed, "setup"), stream(seed, "evaluation")
     language = sq.SyntheticLanguage.random(setup, num_prompts=config.num_prompts,
                                            vocab_size=config.vocab_size, max_len=config.max_len)
 
-    def prompts(n, generator):
-        return torch.randint(0, config.num_prompts, (n,), generator=generator)
+    def prompts(n, generator, limit=config.train_prompts):
+        return torch.randint(0, limit, (n,), generator=generator)
 
-    def evaluate(policy):
-        eval_prompts = torch.arange(config.num_prompts).repeat(config.eval_per_prompt)
-        return sq.evaluate_policy(policy, pi0, language, eval_prompts, evaluation_stream, proxy)
+    eval_prompts = torch.arange(config.train_prompts).repeat(config.eval_per_prompt)
+    held_out_prompts = torch.arange(config.train_prompts, config.num_prompts).repeat(
+        config.eval_per_prompt)
+    samples = {}  # the evaluation responses of the final policies, for their gold comparisons
 
-    # pi0: supervised learning on the language.
-    corpus_prompts = prompts(config.language_samples, setup)
+    def evaluate(policy, name=None):
+        mine = sq.sample(policy, eval_prompts, evaluation_stream)
+        if name is not None:
+            samples[name] = mine
+        return sq.evaluate_policy(policy, pi0, language, eval_prompts, evaluation_stream, proxy,
+                                  responses=mine)
+
+    # pi0: supervised learning on the language, every prompt included.
+    corpus_prompts = prompts(config.language_samples, setup, config.num_prompts)
     corpus = language.sample(corpus_prompts, setup)
     pi0 = sq.SequencePolicy.create(seed * 1000, config.num_prompts, vocab_size=config.vocab_size,
                                    max_len=config.max_len, hidden_dim=config.hidden_dim)
     sft_losses = sq.train_sft(pi0, corpus_prompts, corpus, config.sft_steps, setup)
-    held_prompts = prompts(2048, evaluation_stream)
+    held_prompts = prompts(2048, evaluation_stream, config.num_prompts)
     held = language.sample(held_prompts, evaluation_stream)
     with torch.no_grad():
         language_logp = language.log_prob(held_prompts, held)
@@ -184,7 +217,7 @@ def run_seed(config: MiniatureConfig, seed: int) -> dict:
     proxy = sq.fit_proxy_reward(gold_pairs, config.num_prompts, config.vocab_size,
                                 config.max_len, config.proxy_reg)
     diagnostics["gold_pairs_length_signs"] = length_signs(gold_pairs)
-    evaluations = {"sft": evaluate(pi0)}
+    evaluations, final = {"sft": evaluate(pi0, "sft")}, {"sft": pi0}
 
     def dpo_rounds(pairs, eta, rounds, generator, start=None):
         """The policy after each of ``rounds`` rounds of DPO (fresh Adam each round)."""
@@ -198,7 +231,12 @@ def run_seed(config: MiniatureConfig, seed: int) -> dict:
     # Offline DPO at eta (its first round is GSHF's start) and along its curve.
     offline = stream(seed, "offline_dpo")
     at_eta = dpo_rounds(gold_pairs, config.eta, config.baseline_rounds, offline)
-    evaluations["offline_dpo"] = evaluate(at_eta[-1])
+    final["offline_dpo"] = at_eta[-1]
+    evaluations["offline_dpo"] = evaluate(at_eta[-1], "offline_dpo")
+    evaluations["gshf_start"] = evaluate(at_eta[0])
+    # After each round: the first is the start, the last offline DPO (one round: both).
+    offline_rounds = [evaluations["gshf_start"], *map(evaluate, at_eta[1:-1])][
+        :config.baseline_rounds - 1] + [evaluations["offline_dpo"]]
     frontier = []
     for factor in config.frontier_factors:
         if factor == 1.0:
@@ -213,8 +251,8 @@ def run_seed(config: MiniatureConfig, seed: int) -> dict:
     rso_prompts = prompts(config.num_generated, rso)
     pool = sq.sample_grouped(pi0, rso_prompts, config.rso_pool, rso)
     rso_data = sq.rso_pairs(pool, rso_prompts, proxy, config.eta, rso)
-    evaluations["rso"] = evaluate(dpo_rounds(rso_data, config.eta, config.baseline_rounds,
-                                             rso)[-1])
+    final["rso"] = dpo_rounds(rso_data, config.eta, config.baseline_rounds, rso)[-1]
+    evaluations["rso"] = evaluate(final["rso"], "rso")
 
     # Multi-step rejection sampling, each stage distilled into a model that proposes the next.
     multi_step = stream(seed, "multi_step_rs")
@@ -228,7 +266,8 @@ def run_seed(config: MiniatureConfig, seed: int) -> dict:
         stage_rates.append(rate)
         current = current.clone()
         sq.train_sft(current, stage_prompts, accepted, config.ms_sft_steps, multi_step, lr=1e-3)
-    evaluations["multi_step_rs"] = evaluate(current)
+    final["multi_step_rs"] = current
+    evaluations["multi_step_rs"] = evaluate(current, "multi_step_rs")
     # The one-step acceptance rate E_pi0 exp((r - r_max)/eta), estimated from pi0 samples.
     rate_prompts = prompts(config.one_step_rate_samples, evaluation_stream)
     with torch.no_grad():
@@ -239,28 +278,46 @@ def run_seed(config: MiniatureConfig, seed: int) -> dict:
                        ms_proposals=sum(config.num_generated / rate for rate in stage_rates),
                        one_step_rate_estimate=one_step)
 
-    # Iterative GSHF-DPO (hybrid start), best-of-n vs worst-of-n by the proxy.
-    gshf, ranking = stream(seed, "gshf"), stream(seed, "gold_ranking")
-    data, policy = gold_pairs, at_eta[0]
-    trajectory = [evaluations["sft"], evaluate(policy)]
-    chosen_longer, gold_chosen_longer = [], []
-    for _ in range(config.gshf_iterations):
-        iteration_prompts = prompts(config.pairs_per_iteration, gshf)
-        responses = sq.sample_grouped(policy, iteration_prompts, config.best_of_n, gshf)
-        new_pairs = sq.best_worst_pairs(responses, iteration_prompts, proxy, gshf)
-        chosen_longer.append(length_signs(new_pairs))
-        # The same candidates ranked by the gold reward (a diagnostic: not trained on).
-        gold_chosen_longer.append(length_signs(sq.best_worst_pairs(
-            responses, iteration_prompts, language.gold_reward, ranking)))
-        data = data.concat(new_pairs)
-        policy = dpo_rounds(data, config.eta, 1, gshf, start=policy)[-1]
-        trajectory.append(evaluate(policy))
-    evaluations["gshf"] = trajectory[-1]
-    evaluations["gshf_start"] = trajectory[1]
-    diagnostics["gshf_pairs_length_signs"] = chosen_longer
-    diagnostics["gshf_gold_ranked_length_signs"] = gold_chosen_longer
+    def iterate(name, explore: bool, signs=None):
+        """Iterative GSHF-DPO from the shared start, best-of-n vs worst-of-n by the proxy among
+        responses of the current policy (``explore``) or of pi0, on the stream ``name``; returns
+        the last policy and the evaluated path (pi0, start, iterates). ``signs``: lists for the
+        length diagnostics and the gold-ranking generator."""
+        generator = stream(seed, name)
+        data, policy, path = gold_pairs, at_eta[0], [evaluations["sft"], evaluations["gshf_start"]]
+        for _ in range(config.gshf_iterations):
+            iteration_prompts = prompts(config.pairs_per_iteration, generator)
+            responses = sq.sample_grouped(policy if explore else pi0, iteration_prompts,
+                                          config.best_of_n, generator)
+            new_pairs = sq.best_worst_pairs(responses, iteration_prompts, proxy, generator)
+            if signs is not None:
+                signs[0].append(length_signs(new_pairs))
+                # The same candidates ranked by the gold reward (a diagnostic: not trained on).
+                signs[1].append(length_signs(sq.best_worst_pairs(
+                    responses, iteration_prompts, language.gold_reward, signs[2])))
+            data = data.concat(new_pairs)
+            policy = dpo_rounds(data, config.eta, 1, generator, start=policy)[-1]
+            path.append(evaluate(policy, name))  # the last iterate's responses are kept
+        return policy, path
+
+    signs = ([], [], stream(seed, "gold_ranking"))
+    final["gshf"], trajectory = iterate("gshf", True, signs)
+    final["gshf_pi0"], pi0_trajectory = iterate("gshf_pi0", False)
+    for name, path in (("gshf", trajectory), ("gshf_pi0", pi0_trajectory)):
+        evaluations[name] = path[-1]
+        if name not in samples:  # without iterations the final policy is the start
+            samples[name] = sq.sample(final[name], eval_prompts, evaluation_stream)
+    diagnostics["gshf_pairs_length_signs"], diagnostics["gshf_gold_ranked_length_signs"] = \
+        signs[:2]
+    # Off-distribution: the final policies on the held-out prompts; and every two compared.
+    held_out = {name: sq.evaluate_policy(final[name], pi0, language, held_out_prompts,
+                                         evaluation_stream, proxy) for name in FINAL}
+    wins = sq.gold_win_counts(language, eval_prompts, {name: samples[name] for name in FINAL},
+                              evaluation_stream)
     return {"seed": seed, "config": asdict(config), "evaluations": evaluations,
-            "frontier": frontier, "gshf_trajectory": trajectory, "diagnostics": diagnostics}
+            "held_out": held_out, "wins": wins, "frontier": frontier,
+            "offline_rounds": offline_rounds, "gshf_trajectory": trajectory,
+            "gshf_pi0_trajectory": pi0_trajectory, "diagnostics": diagnostics}
 
 
 def _worker_init():
@@ -292,6 +349,7 @@ METHODS = {
     "offline_dpo": "offline DPO",
     "rso": "RSO",
     "multi_step_rs": "multi-step RS",
+    "gshf_pi0": "GSHF-DPO, new pairs from pi0",
     "gshf": "GSHF-DPO (iterative)",
 }
 #: Columns of the table: metric and its label (each has a per-response ``<metric>_std``, except
@@ -302,39 +360,114 @@ METRICS = {"gold": "gold reward", "win_rate": "win rate vs pi0", "kl_k1": "KL to
 
 def budget(config: MiniatureConfig) -> pd.DataFrame:
     """What each method consumes on one seed, beyond what all share (the language corpus, the
-    ``sft_steps`` of pi0, the evaluation): gold labels used (directly or through the proxy fitted
-    on them), responses generated for training, proxy-labelled pairs, and gradient steps (DPO,
-    or supervised steps of multi-step RS's distillation). Multi-step RS's generated responses
-    are its accepted draws; its proposals depend on the acceptance rates (measured per seed)."""
+    ``sft_steps`` of pi0, the evaluation): gold labels (the human budget: every method uses the
+    same ``num_gold_pairs``, directly or through the proxy fitted on them), proxy-labelled pairs,
+    the preference pairs its last DPO round trains on (gold and proxy-labelled), responses
+    generated for training, and gradient steps (DPO, or supervised steps of multi-step RS's
+    distillation). Multi-step RS's generated responses are its accepted draws; its proposals
+    depend on the acceptance rates (measured per seed)."""
     dpo = config.baseline_rounds * config.dpo_steps
     gshf_pairs = config.gshf_iterations * config.pairs_per_iteration
+    gshf = (config.num_gold_pairs, gshf_pairs, config.num_gold_pairs + gshf_pairs,
+            gshf_pairs * config.best_of_n, config.rounds * config.dpo_steps, "DPO")
     rows = [
-        ("offline_dpo", config.num_gold_pairs, 0, 0, dpo, "DPO"),
-        ("rso", config.num_gold_pairs, config.num_generated * config.rso_pool,
-         config.num_generated, dpo, "DPO"),
-        ("multi_step_rs", config.num_gold_pairs, config.ms_stages * config.num_generated, 0,
+        ("offline_dpo", config.num_gold_pairs, 0, config.num_gold_pairs, 0, dpo, "DPO"),
+        ("rso", config.num_gold_pairs, config.num_generated, config.num_generated,
+         config.num_generated * config.rso_pool, dpo, "DPO"),
+        ("multi_step_rs", config.num_gold_pairs, 0, 0, config.ms_stages * config.num_generated,
          config.ms_stages * config.ms_sft_steps, "supervised"),
-        ("gshf", config.num_gold_pairs, gshf_pairs * config.best_of_n, gshf_pairs,
-         config.rounds * config.dpo_steps, "DPO"),
+        ("gshf_pi0", *gshf), ("gshf", *gshf),
     ]
-    return pd.DataFrame(rows, columns=["method", "gold_labels", "generated_responses",
-                                       "proxy_labelled_pairs", "gradient_steps", "steps_of"])
+    return pd.DataFrame(rows, columns=["method", "gold_labels", "proxy_labelled_pairs",
+                                       "training_pairs", "generated_responses",
+                                       "gradient_steps", "steps_of"])
 
 
 def evaluations_frame(runs: list[dict]) -> pd.DataFrame:
     """Every evaluated policy of every seed, one row each (tidy): ``seed``, ``method`` (a key of
     ``METHODS``, ``offline_dpo_curve`` for the points of the offline-DPO curve, ``gshf_path`` for
     GSHF's start and iterates), ``factor`` (of ``eta``, on the curve), ``iteration`` (on the path:
-    0 is the start), and every number ``sequence.evaluate_policy`` returns."""
+    0 is the start; ``gshf_pi0_path`` likewise for the variant drawing its pairs from pi0),
+    ``offline_dpo_rounds`` (offline DPO at ``eta`` after each ``round``, from 1), and every
+    number ``sequence.evaluate_policy`` returns."""
     rows = []
     for run in runs:
         for method in METHODS:
             rows.append({"seed": run["seed"], "method": method, **run["evaluations"][method]})
         for point in run["frontier"]:
             rows.append({"seed": run["seed"], "method": "offline_dpo_curve", **point})
-        for iteration, point in enumerate(run["gshf_trajectory"][1:]):
-            rows.append({"seed": run["seed"], "method": "gshf_path", "iteration": iteration,
+        for method in ("gshf", "gshf_pi0"):
+            for iteration, point in enumerate(run[f"{method}_trajectory"][1:]):
+                rows.append({"seed": run["seed"], "method": f"{method}_path",
+                             "iteration": iteration, **point})
+        for number, point in enumerate(run["offline_rounds"], start=1):
+            rows.append({"seed": run["seed"], "method": "offline_dpo_rounds", "round": number,
                          **point})
+    return pd.DataFrame(rows)
+
+
+def held_out_frame(runs: list[dict]) -> pd.DataFrame:
+    """The final policies (``FINAL``) on the held-out prompts, one row per seed and method
+    (tidy, as ``evaluations_frame``)."""
+    return pd.DataFrame([{"seed": run["seed"], "method": method, **run["held_out"][method]}
+                         for run in runs for method in FINAL])
+
+
+def _win_rates(runs: list[dict], method: str, opponent: str) -> tuple[list, list]:
+    """Per seed: the fraction of gold labels ``method`` wins against ``opponent`` and the mean
+    exact BT probability, read from whichever order ``run["wins"]`` stores the pair in."""
+    rates, probabilities = [], []
+    for run in runs:
+        wins = run["wins"]
+        for name in (method, opponent):
+            if name not in wins:
+                raise ValueError(f"{name!r} is not a compared policy; choose from {list(wins)}")
+        if method == opponent:
+            raise ValueError(f"method and opponent must differ, got {method!r} twice")
+        direct = opponent in wins[method]
+        cell = wins[method][opponent] if direct else wins[opponent][method]
+        rate, probability = cell["wins"] / cell["num_pairs"], cell["probability"]
+        rates.append(rate if direct else 1 - rate)
+        probabilities.append(probability if direct else 1 - probability)
+    return rates, probabilities
+
+
+def win_rate_test(runs: list[dict], *, method: str, opponent: str,
+                  alternative: str = "greater") -> stats.TestResult:
+    """One-sample t-test that ``method``'s per-seed gold win rate against ``opponent`` exceeds
+    1/2 (``alternative``; the seed is the unit). Effect: the mean win rate."""
+    if len(runs) < 2:
+        raise ValueError("runs must hold at least two seeds (the seed is the unit)")
+    rates, _ = _win_rates(runs, method, opponent)
+    test = stats.mean_test(rates, 0.5, alternative)
+    return stats.TestResult(test.test, test.p_value, test.effect, "mean gold win rate",
+                            len(rates), {**test.details, "per_seed_win_rates": rates})
+
+
+def win_rates_frame(runs: list[dict], *, confidence: float = 0.95) -> pd.DataFrame:
+    """Gold win rates of every final policy against every other (``run["wins"]``), with the
+    seed as the unit: per seed the fraction of gold BT labels ``method`` wins against
+    ``opponent`` (``1 -`` the opponent's), then over seeds the mean, its Student-t confidence
+    interval at ``confidence`` and the two-sided ``win_rate_test`` against 1/2, and the mean
+    exact BT probability. One row per ordered pair (``method != opponent``)."""
+    confidence = float(confidence)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    if len(runs) < 2:
+        raise ValueError("runs must hold at least two seeds (the seed is the unit)")
+    names = list(runs[0]["wins"])  # every name is a key (the last one's dict is empty)
+    rows = []
+    for method in names:
+        for opponent in (name for name in names if name != method):
+            rates, probabilities = _win_rates(runs, method, opponent)
+            test = win_rate_test(runs, method=method, opponent=opponent,
+                                 alternative="two-sided")
+            radius = test.details["standard_error"] * scipy_stats.t.ppf((1 + confidence) / 2,
+                                                                        len(rates) - 1)
+            rows.append({"method": method, "opponent": opponent, "win_rate": test.effect,
+                         "ci_low": test.effect - radius, "ci_high": test.effect + radius,
+                         "p_value": test.p_value, "seeds_above_half": sum(r > 0.5 for r in rates),
+                         "bt_probability": sum(probabilities) / len(probabilities)})
     return pd.DataFrame(rows)
 
 
@@ -342,11 +475,13 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean ± standard deviation over seeds (``ddof = 1``; "nan" for one seed) of every metric
     of ``METRICS``, as strings ``"mean ± std"``: one row per method of ``METHODS``, then one per
     point of the offline-DPO curve other than ``eta`` itself, which is the ``offline_dpo`` row
-    (``frame`` from ``evaluations_frame``)."""
-    curve = frame[(frame["method"] == "offline_dpo_curve") & (frame["factor"] != 1)]
-    parts = [(METHODS[m], frame[frame["method"] == m]) for m in METHODS]
-    parts += [(f"offline DPO, eta x {factor:g}", part)
-              for factor, part in curve.groupby("factor", sort=False)]
+    (``frame`` from ``evaluations_frame``; or ``held_out_frame``: the methods it holds)."""
+    parts = [(METHODS[m], frame[frame["method"] == m]) for m in METHODS
+             if (frame["method"] == m).any()]
+    if "factor" in frame:
+        curve = frame[(frame["method"] == "offline_dpo_curve") & (frame["factor"] != 1)]
+        parts += [(f"offline DPO, eta x {factor:g}", part)
+                  for factor, part in curve.groupby("factor", sort=False)]
     rows = []
     for label, part in parts:
         row = {"method": label}
@@ -412,17 +547,21 @@ def over_seeds(tests: list[stats.TestResult], alternative: str = "greater", *,
 
 
 def compare_over_seeds(runs: list[dict], *, method: str, baseline: str, metric: str = "gold",
-                       alternative: str = "greater", level: float = 0.01) -> stats.TestResult:
+                       alternative: str = "greater", level: float = 0.01,
+                       prompts: str = "evaluations") -> stats.TestResult:
     """``difference_test`` of ``method`` against ``baseline`` in each seed, pooled by
-    ``over_seeds``."""
+    ``over_seeds``; on the training prompts (``prompts="evaluations"``) or on the held-out ones
+    (``"held_out"``)."""
     if not runs:
         raise ValueError("runs must hold at least one seed")
+    if prompts not in ("evaluations", "held_out"):
+        raise ValueError(f"prompts must be 'evaluations' or 'held_out', got {prompts!r}")
     for name, value in (("method", method), ("baseline", baseline)):
-        if value not in runs[0]["evaluations"]:
+        if value not in runs[0][prompts]:
             raise ValueError(f"{name} {value!r} is not an evaluated method; choose from "
-                             f"{sorted(runs[0]['evaluations'])}")
-    return over_seeds([difference_test(run["evaluations"][method],
-                                       baseline=run["evaluations"][baseline], metric=metric,
+                             f"{sorted(runs[0][prompts])}")
+    return over_seeds([difference_test(run[prompts][method],
+                                       baseline=run[prompts][baseline], metric=metric,
                                        alternative=alternative) for run in runs], alternative,
                       level=level)
 
@@ -506,13 +645,14 @@ def matched_kl_test(run: dict, *, kl: str = "kl_k1", alternative: str = "greater
 
 
 def matched_kl_over_seeds(runs: list[dict], *, kl: str = "kl_k1", alternative: str = "greater",
-                          level: float = 0.01, envelope: bool = False) -> stats.TestResult:
-    """``matched_kl_test`` in every seed, pooled by ``over_seeds``; ``details`` also counts the
-    seeds where GSHF's KL lies outside the curve's range (``outside``)."""
+                          level: float = 0.01, envelope: bool = False,
+                          method: str = "gshf") -> stats.TestResult:
+    """``matched_kl_test`` of ``method`` in every seed, pooled by ``over_seeds``; ``details``
+    also counts the seeds where its KL lies outside the curve's range (``outside``)."""
     if not runs:
         raise ValueError("runs must hold at least one seed")
-    tests = [matched_kl_test(run, kl=kl, alternative=alternative, envelope=envelope)
-             for run in runs]
+    tests = [matched_kl_test(run, kl=kl, alternative=alternative, envelope=envelope,
+                             method=method) for run in runs]
     pooled = over_seeds(tests, alternative, level=level)
     details = {**pooled.details, "outside": sum(not t.details["inside"] for t in tests),
                "kl_noise": max(t.details["kl_noise"] for t in tests)}
@@ -621,4 +761,23 @@ def comparisons_frame(runs: list[dict], method: str = "gshf",
                                    baseline=run["evaluations"][baseline])
             row.update({f"minus_{baseline}": test.effect, f"p_{baseline}": test.p_value})
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def comparisons_table(runs: list[dict], pairs, *, prompts: str = "evaluations",
+                      level: float = 0.01) -> pd.DataFrame:
+    """One row per ``(method, baseline)`` of ``pairs``: ``compare_over_seeds`` of their gold
+    rewards on ``prompts`` (one-sided, ``method`` larger), with the mean difference, the
+    seed-level p-value and the number of seeds whose own test is at or below ``level`` in each
+    direction."""
+    rows = []
+    for method, baseline in pairs:
+        test = compare_over_seeds(runs, method=method, baseline=baseline, level=level,
+                                  prompts=prompts)
+        rows.append({"method": METHODS[method], "baseline": METHODS[baseline],
+                     "mean gold difference": test.effect, "seed-level p-value": test.p_value,
+                     "seeds significant": test.details["seeds_significant"],
+                     "seeds significant, opposite": test.details["seeds_significant_opposite"]})
+    if not rows:
+        raise ValueError("pairs must hold at least one (method, baseline) pair")
     return pd.DataFrame(rows)

@@ -602,9 +602,11 @@ def best_worst_pairs(responses: torch.Tensor, prompts, reward, generator) -> Pre
 
 @torch.no_grad()
 def evaluate_policy(policy: SequencePolicy, reference: SequencePolicy,
-                    language: SyntheticLanguage, prompts, generator, proxy=None) -> dict:
+                    language: SyntheticLanguage, prompts, generator, proxy=None,
+                    responses=None) -> dict:
     """Gold reward, KL to the reference (k3 estimate), length and gold win rate against the
-    reference, from one response of ``policy`` and one of ``reference`` per prompt.
+    reference, from one response of ``policy`` and one of ``reference`` per prompt
+    (``responses``: the policy's, already drawn from it for ``prompts``; by default drawn here).
 
     KL: ``k1 = log(p/q)`` and ``k3 = q/p - 1 - log(q/p)`` at ``y ~ p = policy``, ``q = reference``
     with exact sequence log-probabilities (both unbiased; ``k3 >= 0`` but far noisier than ``k1``
@@ -612,7 +614,9 @@ def evaluate_policy(policy: SequencePolicy, reference: SequencePolicy,
     BT label per pair (policy response first), so the count of wins is binomial.
     """
     prompts = check_prompts(prompts, policy.num_prompts)
-    mine = sample(policy, prompts, generator)
+    mine = (sample(policy, prompts, generator) if responses is None else
+            check_responses(responses, policy.vocab_size, policy.max_len,
+                            num_rows=prompts.shape[0]))
     theirs = sample(reference, prompts, generator)
     estimates = kl_estimates(sequence_logprob(policy, prompts, mine).double(),
                              sequence_logprob(reference, prompts, mine).double())
@@ -636,3 +640,30 @@ def evaluate_policy(policy: SequencePolicy, reference: SequencePolicy,
     if proxy is not None:
         result["proxy"] = proxy(prompts, mine).mean().item()
     return result
+
+
+@torch.no_grad()
+def gold_win_counts(language: SyntheticLanguage, prompts, responses: dict, generator) -> dict:
+    """Gold comparisons of every two policies: ``responses`` maps a name to ``[B, max_len]``
+    responses of that policy to ``prompts`` (independent draws). For every two names ``a``
+    before ``b`` (in the order of ``responses``), one gold Bradley-Terry label per prompt
+    (``language.label``, ``a``'s response first). Returns ``{a: {b: {"wins": a's wins,
+    "num_pairs": B, "probability": mean P(a's response > b's)}}}`` (JSON-ready)."""
+    check_generator(generator)
+    names = list(responses)
+    if len(names) < 2:
+        raise ValueError(f"responses must map at least two policies to responses, got {names}")
+    prompts = check_prompts(prompts, language.num_prompts)
+    for name in names:
+        check_responses(responses[name], language.vocab_size, language.max_len,
+                        name=f"responses[{name!r}]", num_rows=prompts.shape[0])
+    counts = {}
+    for i, first in enumerate(names):
+        counts[first] = {}
+        for second in names[i + 1:]:
+            a, b = responses[first], responses[second]
+            wins = language.label(prompts, a, b, generator)
+            counts[first][second] = {
+                "wins": int(wins.sum()), "num_pairs": int(wins.numel()),
+                "probability": language.preference_probability(prompts, a, b).mean().item()}
+    return counts
