@@ -148,7 +148,8 @@ def _quantile_curve(ax, frame, x: str, y: str, label: str, style: str = "o-", co
 def confidence_radius_figure(frame, *, theory_radii: dict[str, float], oracle: float):
     """``||theta_hat - theta*||_Sigma`` against ``n`` per coverage (``frame``: columns
     ``coverage``, ``n``, ``seed``, ``error``, ``kind`` = ``error`` or ``bootstrap radius``), with
-    the oracle radius and the bootstrap radii; the theory's radii (``{label: value}``, far above
+    the oracle radius and the bootstrap radii (a square at their ``n``: median over data sets,
+    error bar the IQR); the theory's radii (``{label: value}``, far above
     the data) are named in the title."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     errors, boot = frame[frame["kind"] == "error"], frame[frame["kind"] == "bootstrap radius"]
@@ -159,7 +160,8 @@ def confidence_radius_figure(frame, *, theory_radii: dict[str, float], oracle: f
         ax.errorbar(radius.index.size and boot["n"].iloc[0], radius.median(),
                     yerr=[[radius.median() - radius.quantile(0.25)],
                           [radius.quantile(0.75) - radius.median()]], fmt="s", color=f"C{index}",
-                    capsize=3, mfc="white", label=f"{coverage} coverage: bootstrap radius")
+                    capsize=3, mfc="white",
+                    label=f"{coverage} coverage: bootstrap radius (median, IQR)")
     ax.axhline(oracle, color="k", ls="--", label=rf"oracle radius (uses $\theta^*$) = {oracle:.2f}")
     off_chart = "; ".join(f"{label}: {value:.0f}" for label, value in theory_radii.items())
     ax.set(xscale="log", xlabel="n (comparisons)", ylabel=r"$\|\hat\theta-\theta^*\|_{\Sigma_D}$",
