@@ -681,24 +681,27 @@ def sampler_reward_kl_figure(frame):
     """Reward against KL to pi0 of the pooled draws of two samplers at equal proposals, per
     ``eta`` (``frame``: columns ``sampler``, ``eta``, ``kl``, ``reward``; the sampler ``Gibbs
     frontier`` is drawn as a curve, ``target`` as the exact Gibbs policies). Every point is
-    labelled by its ``eta``: the targets above, RSO below right, multi-step above left."""
+    labelled by its ``eta`` in its colour: the targets above left, multi-step above left and
+    RSO below right, every second label of a sampler set further off (neighbours crowd)."""
     fig, ax = plt.subplots(figsize=(7, 4.6))
-    styles = {"target": ("k*", 11, (0, 9), "center"), "RSO": ("o", 7, (6, -13), "left"),
-              "multi-step": ("s", 7, (-6, 6), "right")}
+    styles = {"target": ("k*", 11, [(-6, 8)]), "RSO": ("o", 7, [(6, -13), (14, -6)]),
+              "multi-step": ("s", 7, [(-6, 6), (-6, 16)])}
     for sampler, part in frame.groupby("sampler", sort=False):
         if sampler == "Gibbs frontier":
             ax.plot(part["kl"], part["reward"], color="grey", lw=1.2, label=sampler)
             continue
-        marker, size, offset, align = styles.get(sampler, ("^", 7, (6, -13), "left"))
+        marker, size, offsets = styles.get(sampler, ("^", 7, [(6, -13)]))
         line, = ax.plot(part["kl"], part["reward"], marker + ("" if sampler == "target" else "-"),
                         ms=size, label=sampler)
-        for _, row in part.iterrows():
-            ax.annotate(rf"$\eta$={row['eta']:g}", (row["kl"], row["reward"]), fontsize=7,
-                        xytext=offset, textcoords="offset points", ha=align,
+        for rank, (_, row) in enumerate(part.iterrows()):
+            offset = offsets[rank % len(offsets)]
+            ax.annotate(rf"$\eta$={row['eta']:g}" if sampler == "target" else f"{row['eta']:g}",
+                        (row["kl"], row["reward"]), xytext=offset, textcoords="offset points",
+                        ha="right" if offset[0] < 0 else "left", fontsize=7,
                         color=line.get_color())
     ax.set(xlabel=r"mean over prompts of KL(law of the pooled draws $\|\,\pi_0$)",
            ylabel=r"mean true reward of the pooled draws",
            title="Samplers of the Gibbs policy at equal numbers of proposals\n"
-                 "(draws of all runs pooled, one point per $\\eta$)")
+                 "(draws of all runs pooled, one point per $\\eta$, labelled by $\\eta$)")
     ax.legend(fontsize=8, loc="lower right")
     return fig
