@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import gsfh_utils as gu
 from gsfh_utils import dpo, estimation, online
+from gsfh_utils.lab import stats
 from gsfh_utils.sampling import sample_categorical
 
 
@@ -237,3 +238,44 @@ def test_run_online_best_worst_replays_its_docstring():
     assert torch.allclose(run.kl[0], bandit.expected_kl(worst, best))
     gamma = online.policy_uncertainty(bandit, worst, main=best, sigma=run.sigma[0], beta=1.5)
     assert torch.allclose(run.gamma[0], gamma)
+
+
+def _pooled_tv_by_loops(samples, probs):
+    """TV of the law of all runs' draws pooled, per prompt, counted with plain Python loops."""
+    runs, prompts, n = samples.shape
+    tvs = []
+    for x in range(prompts):
+        counts = [0] * probs.shape[-1]
+        for run in range(runs):
+            for i in range(n):
+                counts[int(samples[run, x, i])] += 1
+        tvs.append(0.5 * sum(abs(c / (runs * n) - float(q))
+                             for c, q in zip(counts, probs[x], strict=True)))
+    return torch.tensor(tvs, dtype=torch.float64)
+
+
+@given(st.integers(1, 5), st.integers(1, 3), st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_pooled_total_variation_against_loops(runs, prompts, n, seed):
+    # the sampler's bias (notebook 09): the law of every run's draws pooled, against its target
+    generator = torch.Generator().manual_seed(seed)
+    probs = torch.rand(prompts, 5, generator=generator, dtype=torch.float64)
+    probs = probs / probs.sum(-1, keepdim=True)
+    samples = torch.randint(0, 5, (runs, prompts, n), generator=generator)
+    tv = stats.pooled_total_variation(samples, probs)
+    assert torch.allclose(tv, _pooled_tv_by_loops(samples, probs), atol=1e-12, rtol=0)
+    assert torch.allclose(stats.pooled_law(samples, 5).sum(-1),
+                          torch.ones(prompts, dtype=torch.float64))
+
+
+def test_pooled_total_variation_is_not_the_mean_per_run_tv():
+    # two runs that each repeat one response: each run is at TV 1/2 from the uniform law on
+    # {0, 1}, their pool is exactly uniform (bias 0)
+    samples = torch.tensor([[[0, 0]], [[1, 1]]])
+    probs = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    assert stats.pooled_total_variation(samples, probs).item() == 0.0
+    per_run = stats.empirical_total_variation(samples, probs.expand(2, 1, 2))
+    assert torch.equal(per_run, torch.full((2, 1), 0.5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="samples"):
+        stats.pooled_total_variation(torch.tensor([0, 1]), probs[0])
+    with pytest.raises(ValueError, match="probs"):
+        stats.pooled_total_variation(samples, torch.tensor([[0.5, 0.6]]))

@@ -263,15 +263,19 @@ def log_det_figure(frame, *, dim: int, reg: float):
     return fig
 
 
-def accuracy_figure(frame, *, eta: float):
-    """The main agent's accuracy against online comparisons per method (``frame``: columns
-    ``comparisons``, ``seed``, ``method``, ``accuracy``)."""
+def accuracy_figure(frame, *, eta: float, labels: dict[str, str] | None = None):
+    """The main agent's error (suboptimality plus eta times the KL from pi*, the quantity that
+    notebook 03 calls accuracy; lower is better) against online comparisons per method
+    (``frame``: columns ``comparisons``, ``seed``, ``method``, ``accuracy``). ``labels`` maps a
+    method's identifier to its words in the legend (default: the identifier)."""
+    labels = labels or {}
     fig, ax = plt.subplots()
     for method, part in frame.groupby("method", sort=False):
-        _quantile_curve(ax, part, "comparisons", "accuracy", method)
+        _quantile_curve(ax, part, "comparisons", "accuracy", labels.get(method, method))
     ax.set(yscale="log", xlabel="online comparisons",
-           ylabel=r"$J(\pi^*) - J(\pi^1) + \eta\,\mathbb{E}\,\mathrm{KL}(\pi^*\|\pi^1)$",
-           title=rf"Accuracy of the main agent (median, IQR over seeds), $\eta = {eta:g}$")
+           ylabel=r"error $J(\pi^*) - J(\pi^1) + \eta\,\mathbb{E}\,\mathrm{KL}(\pi^*\|\pi^1)$"
+                  "\n(lower is better)",
+           title=f"Error of the main agent (median, IQR over seeds), $\\eta = {eta:g}$")
     ax.legend(fontsize=8)
     return fig
 
@@ -676,25 +680,30 @@ def hybrid_dial_figure(frame, *, online_only: dict[float, float]):
 
 
 def sampler_reward_kl_figure(frame):
-    """Reward against KL to pi0 of the draws of two samplers at equal proposals, per ``eta``
-    (``frame``: columns ``sampler``, ``eta``, ``kl``, ``reward``; the sampler ``Gibbs frontier``
-    is drawn as a curve, ``target`` as the exact Gibbs policies)."""
+    """Reward against KL to pi0 of the pooled draws of two samplers at equal proposals, per
+    ``eta`` (``frame``: columns ``sampler``, ``eta``, ``kl``, ``reward``; the sampler ``Gibbs
+    frontier`` is drawn as a curve, ``target`` as the exact Gibbs policies). Every point is
+    labelled by its ``eta`` in its colour: the targets above left, multi-step above left and
+    RSO below right, every second label of a sampler set further off (neighbours crowd)."""
     fig, ax = plt.subplots(figsize=(7, 4.6))
-    styles = {"target": ("k*", 11), "RSO": ("o", 7), "multi-step": ("s", 7)}
+    styles = {"target": ("k*", 11, [(-6, 8)]), "RSO": ("o", 7, [(6, -13), (14, -6)]),
+              "multi-step": ("s", 7, [(-6, 6), (-6, 16)])}
     for sampler, part in frame.groupby("sampler", sort=False):
         if sampler == "Gibbs frontier":
             ax.plot(part["kl"], part["reward"], color="grey", lw=1.2, label=sampler)
             continue
-        marker, size = styles.get(sampler, ("^", 7))
-        ax.plot(part["kl"], part["reward"], marker + ("" if sampler == "target" else "-"),
-                ms=size, label=sampler)
-        if sampler == "target":  # the samplers' points follow the same order of eta
-            for _, row in part.iterrows():
-                ax.annotate(rf"$\eta$={row['eta']:g}", (row["kl"], row["reward"]), fontsize=8,
-                            xytext=(5, -12), textcoords="offset points")
-    ax.set(xlabel=r"mean over prompts of KL(law of the draws $\|\,\pi_0$)",
-           ylabel=r"mean true reward of the draws",
+        marker, size, offsets = styles.get(sampler, ("^", 7, [(6, -13)]))
+        line, = ax.plot(part["kl"], part["reward"], marker + ("" if sampler == "target" else "-"),
+                        ms=size, label=sampler)
+        for rank, (_, row) in enumerate(part.iterrows()):
+            offset = offsets[rank % len(offsets)]
+            ax.annotate(rf"$\eta$={row['eta']:g}" if sampler == "target" else f"{row['eta']:g}",
+                        (row["kl"], row["reward"]), xytext=offset, textcoords="offset points",
+                        ha="right" if offset[0] < 0 else "left", fontsize=7,
+                        color=line.get_color())
+    ax.set(xlabel=r"mean over prompts of KL(law of the pooled draws $\|\,\pi_0$)",
+           ylabel=r"mean true reward of the pooled draws",
            title="Samplers of the Gibbs policy at equal numbers of proposals\n"
-                 r"(one point per $\eta$, in the order of the targets)")
+                 "(draws of all runs pooled, one point per $\\eta$, labelled by $\\eta$)")
     ax.legend(fontsize=8, loc="lower right")
     return fig

@@ -41,6 +41,25 @@ def empirical_total_variation(samples: torch.Tensor, probs: torch.Tensor) -> tor
     return total_variation(empirical_counts(samples, probs.shape[-1]) / samples.shape[-1], probs)
 
 
+def pooled_law(samples: torch.Tensor, num_actions: int) -> torch.Tensor:
+    """Empirical law of the draws of all independent runs together: ``samples [runs, ..., n]``
+    (action indices; the first dimension indexes the runs) gives ``[..., num_actions]``. Its
+    distance to the target is a sampler's *bias*, free of the noise and of the repeated draws
+    within one run that ``empirical_total_variation`` of a single run also counts."""
+    if samples.ndim < 2 or samples.shape[0] == 0 or samples.shape[-1] == 0:
+        raise ValueError("samples must have shape [runs, ..., n] with runs, n >= 1, "
+                         f"got {tuple(samples.shape)}")
+    counts = empirical_counts(samples, num_actions).sum(0)
+    return counts / counts.sum(-1, keepdim=True)
+
+
+def pooled_total_variation(samples: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """TV between ``pooled_law(samples)`` (``[runs, ..., n]``) and ``probs [..., K]``: shape
+    ``[...]``. Compare it with the same statistic of as many exact draws (its noise floor)."""
+    probs = check_probs(probs, "probs")
+    return total_variation(pooled_law(samples, probs.shape[-1]), probs)
+
+
 def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """Pearson chi-square goodness-of-fit p-value of ``counts`` against ``probs`` (batched).
 
