@@ -273,9 +273,10 @@ def accuracy_figure(frame, *, eta: float, labels: dict[str, str] | None = None):
     for method, part in frame.groupby("method", sort=False):
         _quantile_curve(ax, part, "comparisons", "accuracy", labels.get(method, method))
     ax.set(yscale="log", xlabel="online comparisons",
-           ylabel=r"error $J(\pi^*) - J(\pi^1) + \eta\,\mathbb{E}\,\mathrm{KL}(\pi^*\|\pi^1)$"
+           ylabel=r"$J(\pi^*) - J(\pi^1) + \eta\,\mathbb{E}\,\mathrm{KL}(\pi^*\|\pi^1)$"
                   "\n(lower is better)",
-           title=f"Error of the main agent (median, IQR over seeds), $\\eta = {eta:g}$")
+           title="Main agent: suboptimality plus KL (median, IQR over seeds), "
+                 f"$\\eta = {eta:g}$")
     ax.legend(fontsize=8)
     return fig
 
