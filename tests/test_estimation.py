@@ -122,18 +122,18 @@ def test_fit_bad_inputs():
     z, labels = random_problem((), 10, 3, seed=5)
     with pytest.raises(ValueError, match="empty"):
         estimation.fit_bt_mle(torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0), 1.0)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="^labels"):
         estimation.fit_bt_mle(z, labels + 1, 1.0)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="^labels"):
         estimation.fit_bt_mle(z, torch.full((10,), 0.5), 1.0)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="^labels"):
         estimation.fit_bt_mle(z, labels[:-1], 1.0)  # mismatched n
-    with pytest.raises(ValueError, match="feature_diffs"):
+    with pytest.raises(ValueError, match="^feature_diffs"):
         estimation.fit_bt_mle(z[0], labels, 1.0)  # no pair dimension
-    with pytest.raises(ValueError, match="feature_diffs"):
+    with pytest.raises(ValueError, match="^feature_diffs"):
         estimation.fit_bt_mle(z * float("nan"), labels, 1.0)
     for reg in (0.0, -1.0, float("nan"), float("inf"), "a"):
-        with pytest.raises(ValueError, match="reg"):
+        with pytest.raises(ValueError, match="^reg"):
             estimation.fit_bt_mle(z, labels, reg)
 
 
@@ -150,7 +150,7 @@ def test_sigma_d_closed_form():
         explicit = 0.3 * torch.eye(4, dtype=torch.float64) + sum(
             torch.outer(z[row, i], z[row, i]) for i in range(17))
         assert torch.allclose(sigma[row], explicit, atol=1e-12)
-    with pytest.raises(ValueError, match="reg"):
+    with pytest.raises(ValueError, match="^reg"):
         estimation.sigma_d(z, 0.0)
 
 
@@ -162,7 +162,7 @@ def test_slope_bound_is_the_minimum_slope():
         assert math.isclose(estimation.slope_bound(margin),
                             1 / (2 + math.exp(margin) + math.exp(-margin)), rel_tol=1e-12)
     assert 0 < estimation.slope_bound(700.0) < 1e-300  # no overflow
-    with pytest.raises(ValueError, match="margin_bound"):
+    with pytest.raises(ValueError, match="^margin_bound"):
         estimation.slope_bound(-1.0)
 
 
@@ -174,10 +174,10 @@ def test_confidence_radius_closed_form_and_bad_inputs():
     assert math.isclose(estimation.confidence_radius(**args, constant=0.1), 0.1 * beta,
                         rel_tol=1e-14)
     for delta in (0.0, 1.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match="delta"):
+        with pytest.raises(ValueError, match="^delta"):
             estimation.confidence_radius(**{**args, "delta": delta})
     for name, bad in [("reg", 0.0), ("gamma", 0.0), ("dim", 0), ("norm_bound", -1.0)]:
-        with pytest.raises(ValueError, match=name):
+        with pytest.raises(ValueError, match=f"^{name}"):
             estimation.confidence_radius(**{**args, name: bad})
     with pytest.raises(TypeError):  # five numbers side by side: keyword-only
         estimation.confidence_radius(8, 0.05, gamma, 1.0, 4.0)
@@ -192,9 +192,9 @@ def test_reward_difference_bound_by_brute_force():
                         rel_tol=1e-14)
     unit = features / features.norm(dim=-1, keepdim=True)
     assert estimation.reward_difference_bound(unit, 1.0) <= 2 + 1e-12  # at most 2B
-    with pytest.raises(ValueError, match="features"):
+    with pytest.raises(ValueError, match="^features"):
         estimation.reward_difference_bound(features[0], 1.0)
-    with pytest.raises(ValueError, match="norm_bound"):
+    with pytest.raises(ValueError, match="^norm_bound"):
         estimation.reward_difference_bound(features, -1.0)
 
 
@@ -226,13 +226,13 @@ def test_bootstrap_radius_shapes_determinism_and_bad_inputs():
                                         generator=torch.Generator().manual_seed(1), chunk=3)
     assert first.shape == (2, 3) and (first > 0).all()
     assert torch.equal(first, again)  # chunking changes memory, not the numbers
-    with pytest.raises(ValueError, match="theta_hat"):
+    with pytest.raises(ValueError, match="^theta_hat"):
         estimation.bootstrap_radius(z, theta_hat=theta[0], reg=1.0, delta=0.1, num_bootstrap=7,
                                     generator=generator)
-    with pytest.raises(ValueError, match="delta"):
+    with pytest.raises(ValueError, match="^delta"):
         estimation.bootstrap_radius(z, theta_hat=theta, reg=1.0, delta=1.0, num_bootstrap=7,
                                     generator=generator)
-    with pytest.raises(ValueError, match="num_bootstrap"):
+    with pytest.raises(ValueError, match="^num_bootstrap"):
         estimation.bootstrap_radius(z, theta_hat=theta, reg=1.0, delta=0.1, num_bootstrap=0,
                                     generator=generator)
 
@@ -252,7 +252,7 @@ def test_reference_vectors_and_norms():
     ref = torch.softmax(torch.randn(3, 5, dtype=torch.float64, generator=generator), -1)
     nu = estimation.reference_vectors(features, ref)
     assert torch.allclose(nu, (ref.unsqueeze(-1) * features).sum(1), atol=1e-14)
-    with pytest.raises(ValueError, match="features"):
+    with pytest.raises(ValueError, match="^features"):
         estimation.reference_vectors(features[:, :4], ref)
     root = torch.randn(2, 4, 4, dtype=torch.float64, generator=generator)
     sigma = root @ root.transpose(-1, -2) + torch.eye(4, dtype=torch.float64)
@@ -275,7 +275,7 @@ def test_reference_vectors_and_norms():
     (torch.tensor([[math.nan, 1.0]]), "^feature_diffs must be finite"),
 ])
 def test_bad_feature_diffs_are_named(feature_diffs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^{match}"):
         estimation.fit_bt_mle(feature_diffs, torch.ones(1), 1.0)
 
 

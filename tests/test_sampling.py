@@ -152,7 +152,7 @@ def test_refuses_an_astronomically_small_acceptance_rate():
     ref = t([1 - 1e-12, 1e-12])
     rewards = t([0.0, 1.0])
     assert acceptance_rate(ref, rewards, 1e-3).item() < 1e-11
-    with pytest.raises(ValueError, match="eta is too small"):
+    with pytest.raises(ValueError, match="^eta is too small"):
         rejection_sample(ref, rewards, 1e-3, 10, generator(0))
     # the threshold is on the expected number of proposals, per row of a batch
     batch_ref = torch.stack([t([0.5, 0.5]), ref])
@@ -171,13 +171,13 @@ def test_a_rate_just_inside_the_limit_is_sampled():
 
 @pytest.mark.parametrize("num_samples", [0, -3, 2.0, True, "10", None])
 def test_bad_num_samples(num_samples):
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="^num_samples"):
         rejection_sample(REF, REWARDS, 1.0, num_samples, generator(0))
 
 
 @pytest.mark.parametrize("bad_generator", [None, 42, "seed"])
 def test_generator_must_be_explicit(bad_generator):
-    with pytest.raises(ValueError, match="generator"):
+    with pytest.raises(ValueError, match="^generator"):
         rejection_sample(REF, REWARDS, 1.0, 10, bad_generator)
 
 
@@ -273,15 +273,15 @@ def test_rso_bad_inputs():
     generator = torch.Generator().manual_seed(2)
     ref = torch.full((2, 4), 0.25, dtype=torch.float64)
     rewards = torch.zeros(2, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match="pool_size"):
+    with pytest.raises(ValueError, match="^pool_size"):
         sampling.rso_sample(ref, rewards, 1.0, 5, 4, generator)
-    with pytest.raises(ValueError, match="pool_size"):
+    with pytest.raises(ValueError, match="^pool_size"):
         sampling.rso_select(rewards, 5, 1.0, generator)
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="^num_samples"):
         sampling.rso_sample(ref, rewards, 1.0, 0, 4, generator)
-    with pytest.raises(ValueError, match="eta"):
+    with pytest.raises(ValueError, match="^eta"):
         sampling.rso_select(rewards, 2, 0.0, generator)
-    with pytest.raises(ValueError, match="generator"):
+    with pytest.raises(ValueError, match="^generator"):
         sampling.rso_sample(ref, rewards, 1.0, 1, 4, None)
 
 
@@ -348,11 +348,11 @@ def test_multi_step_bad_inputs():
     generator = torch.Generator().manual_seed(5)
     ref = torch.full((4,), 0.25, dtype=torch.float64)
     rewards = torch.zeros(4, dtype=torch.float64)
-    with pytest.raises(ValueError, match="proposal"):
+    with pytest.raises(ValueError, match="^proposal"):
         sampling.multi_step_rejection_sample(ref, rewards, [1.0, 0.5], 10, generator, "mcmc")
-    with pytest.raises(ValueError, match="etas"):
+    with pytest.raises(ValueError, match="^etas"):
         sampling.multi_step_rejection_sample(ref, rewards, [0.5, 1.0], 10, generator)
-    with pytest.raises(ValueError, match="etas"):
+    with pytest.raises(ValueError, match="^etas"):
         sampling.multi_step_rejection_sample(ref, rewards, [], 10, generator)
 
 
@@ -366,9 +366,9 @@ def test_sample_categorical_is_multinomial_per_row_with_the_batch_shape():
     one_hot = torch.zeros(4, dtype=torch.float64)
     one_hot[2] = 1.0
     assert torch.all(sampling.sample_categorical(one_hot, 9, torch.Generator()) == 2)
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="^num_samples"):
         sampling.sample_categorical(probs, 0, torch.Generator())
-    with pytest.raises(ValueError, match="probs"):
+    with pytest.raises(ValueError, match="^probs"):
         sampling.sample_categorical(-probs, 3, torch.Generator())
 
 
