@@ -325,6 +325,8 @@ def test_iterative_dpo_replays_its_docstring(selector):
     (dict(selector="top2"), "selector"),
     (dict(responses_per_prompt=1), "responses_per_prompt"),
     (dict(num_iterations=0), "num_iterations"),
+    (dict(pairs_per_iteration=0), "pairs_per_iteration must be a positive integer"),
+    (dict(responses_per_prompt=0), "responses_per_prompt must be a positive integer"),
 ])
 def test_iterative_dpo_bad_inputs(kwargs, word):
     bandit, generator = _bandit()
