@@ -591,6 +591,16 @@ def test_tabular_trainer_passes_its_options_on_and_keeps_the_batch():
         dpo.linear_policy(-ref, features=dpo.one_hot_features(2, 3), w=torch.zeros(6))
 
 
+def test_pairs_without_signal_stop_at_zero():
+    """Pairs whose feature differences are all zero: the gradient vanishes at w = 0, so the
+    trainer stops there at once, per problem of the batch, in float64; one-hot features are
+    float64 too."""
+    fit = dpo.train_dpo_linear(torch.zeros(2, 3, 4, dtype=torch.float64), eta=0.5, reg=1.0)
+    assert fit.iterations == 0 and fit.w.dtype == torch.float64
+    assert torch.equal(fit.w, torch.zeros(2, 4, dtype=torch.float64))
+    assert dpo.one_hot_features(2, 3).dtype == torch.float64
+
+
 def test_helpers_name_their_bad_arguments():
     for kwargs, word in [(dict(num_contexts=0, num_actions=2), "num_contexts"),
                          (dict(num_contexts=2, num_actions=0), "num_actions")]:
@@ -618,7 +628,11 @@ def test_helpers_name_their_bad_arguments():
 
 
 def test_loss_keeps_float32_and_reads_integer_tensors_as_float64():
-    """Floating inputs keep their precision; integer tensors (all four) become float64."""
+    """Floating inputs keep their precision; integer tensors and Python numbers (all four)
+    become float64."""
+    numbers = dpo.dpo_loss(0.1, 0.0, 0.0, 0.0, 1.0)
+    assert numbers.dtype == torch.float64
+    assert numbers.item() == pytest.approx(math.log1p(math.exp(-0.1)), rel=1e-15)
     single = dpo.dpo_loss(*(torch.tensor([v], dtype=torch.float32) for v in (1, 0, 0, 0)), 0.5)
     assert single.dtype == torch.float32
     integer = dpo.dpo_loss(*(torch.tensor([v]) for v in (1, 0, 0, 0)), 0.5)
@@ -647,19 +661,24 @@ def test_one_hot_features_make_the_linear_helpers_tabular():
     assert torch.allclose(mle, tabular, atol=1e-8)
     assert not torch.allclose(mle, dpo.mle_gibbs_policy(bandit, data, reg=1.0), atol=1e-3)
     gap, bound = dpo.dpo_mle_agreement(bandit, data, reg=1.0, features=onehot)
-    assert gap.shape == bound.shape == (2,)
+    assert gap.shape == bound.shape == (2,) and (gap <= bound).all()
     assert torch.allclose(gap, (tabular.log() - mle.log()).abs().amax((-1, -2)), atol=1e-12)
-    z = dpo.pair_feature_diffs(onehot, contexts=data.contexts, first=data.first_actions,
-                               second=data.second_actions)
-    theta = fit_bt_mle(z, data.labels, 1.0)
-    grad_mle = torch.stack([bt_gradient(theta[s], z[s], data.labels[s], 1.0).norm()
-                            for s in range(2)])
-    roundoff = roundoff_tolerance(5, mle.log().abs().amax((-1, -2)) + 1)
-    expected = 2 * 1.0 * (fit.grad_norm + grad_mle) / (1.0 * 0.4) + roundoff
-    # the batched and the per-seed gradient norms differ by round-off (about 1e-16): the check
-    # allows a fiftieth of the round-off term, which each variant of that term exceeds
-    assert ((bound - expected).abs() <= 0.02 * roundoff).all()
-    assert (gap <= bound).all()
+    signs = (2 * data.labels - 1).unsqueeze(-1)
+    for features in (onehot, bandit.features):
+        _, bound = dpo.dpo_mle_agreement(bandit, data, reg=1.0, features=features)
+        z = dpo.pair_feature_diffs(features, contexts=data.contexts, first=data.first_actions,
+                                   second=data.second_actions)
+        fit = dpo.train_dpo_linear(signs * z, eta=0.4, reg=1.0)
+        theta = fit_bt_mle(z, data.labels, 1.0)
+        grad_mle = torch.stack([bt_gradient(theta[s], z[s], data.labels[s], 1.0).norm()
+                                for s in range(2)])
+        mle_log = torch.log(dpo.mle_gibbs_policy(bandit, data, reg=1.0, features=features))
+        roundoff = roundoff_tolerance(5, mle_log.abs().amax((-1, -2)) + 1)
+        scale = 2 * features.norm(dim=-1).max()
+        expected = scale * (fit.grad_norm + grad_mle) / (1.0 * 0.4) + roundoff
+        # the batched and the per-seed gradient norms differ by round-off (about 1e-16): the
+        # check allows a fiftieth of the round-off term, which each variant of that term exceeds
+        assert ((bound - expected).abs() <= 0.02 * roundoff).all()
 
 
 def test_iterative_dpo_with_two_responses_one_hot_features_and_a_loose_tolerance():
