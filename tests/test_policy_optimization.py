@@ -215,12 +215,23 @@ def test_one_problem_without_a_batch_and_a_shared_parameter():
     """Rewards [X, K] with features [X, K, d'] (no batch dimension) are one problem, solved as
     the first problem of a batch; log_linear_policy with one w [d'] shared by a batch of
     features is pi0 exp(<w, psi>) normalised, written out by hand."""
-    psi, ref, rewards, _ = _problem(10, scale=2.0)
-    single = po.optimize_policy(rewards[0], ref_probs=ref[0], eta=0.5, policy_features=psi[0])
-    batched = po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=psi)
+    psi, ref, rewards, generator = _problem(10, scale=2.0)
+    weights = torch.rand(6, dtype=torch.float64, generator=generator)
+    single = po.optimize_policy(rewards[0], ref_probs=ref[0], eta=0.5, policy_features=psi[0],
+                                context_weights=weights)
+    batched = po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=psi,
+                                 context_weights=weights)
     assert single.policy.shape == (6, 5) and single.w.shape == (3,)
     assert isinstance(single.iterations, int) and single.iterations >= 1
     assert torch.allclose(single.w, batched.w[0], atol=1e-8)
+    objective = po.policy_objective(single.policy, rewards=rewards[0], ref_probs=ref[0], eta=0.5,
+                                    context_weights=weights)
+    assert objective.shape == () and objective.item() == pytest.approx(single.objective.item(),
+                                                                       rel=1e-12)
+    # iterations counts the steps taken: that many steps are enough
+    again = po.optimize_policy(rewards[0], ref_probs=ref[0], eta=0.5, policy_features=psi[0],
+                               context_weights=weights, max_iter=single.iterations)
+    assert torch.equal(again.w, single.w)
     w = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64)
     tilted = ref * torch.exp((psi * w).sum(-1))
     torch.testing.assert_close(po.log_linear_policy(ref, policy_features=psi, w=w),
@@ -241,3 +252,14 @@ def test_tabular_answer_records_its_logits_and_a_zero_gradient():
     assert fit.w[0, 0, 1] == 0 and fit.w[2, 3, 4] == 0
     assert torch.equal(fit.grad_norm, torch.zeros(3, dtype=torch.float64))
     assert fit.iterations == 0
+
+
+def test_chunks_of_the_batch_are_solved_independently(monkeypatch):
+    """Four problems split into chunks of one (a tiny cache budget) give the unchunked answers."""
+    psi, ref, rewards, _ = _problem(12, batch=4, prompts=2)
+    whole = po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=psi)
+    monkeypatch.setattr(po, "CHUNK_BYTES", 1)
+    chunked = po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=psi)
+    assert torch.allclose(chunked.w, whole.w, atol=1e-12)
+    assert torch.allclose(chunked.policy, whole.policy, atol=1e-12)
+    assert chunked.iterations == whole.iterations
