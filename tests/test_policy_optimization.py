@@ -263,3 +263,16 @@ def test_chunks_of_the_batch_are_solved_independently(monkeypatch):
     assert torch.allclose(chunked.w, whole.w, atol=1e-12)
     assert torch.allclose(chunked.policy, whole.policy, atol=1e-12)
     assert chunked.iterations == whole.iterations
+
+
+def test_one_unweighted_problem_and_its_objective():
+    """Without context weights the prompts weigh 1/X each, batched or not; policy_objective of
+    one problem [X, K] is a number, the fit's objective."""
+    psi, ref, rewards, _ = _problem(13)
+    single = po.optimize_policy(rewards[0], ref_probs=ref[0], eta=0.5, policy_features=psi[0])
+    uniform = po.optimize_policy(rewards[0], ref_probs=ref[0], eta=0.5, policy_features=psi[0],
+                                 context_weights=torch.ones(6))
+    assert torch.allclose(single.w, uniform.w, atol=1e-12)
+    objective = po.policy_objective(single.policy, rewards=rewards[0], ref_probs=ref[0], eta=0.5)
+    assert objective.shape == () and objective.item() == pytest.approx(single.objective.item(),
+                                                                       rel=1e-12)
