@@ -394,3 +394,61 @@ def test_rso_bias_against_its_draws_replayed():
     expected_tv = 0.5 * (law - target).abs().sum(-1).mean()
     assert torch.allclose(deficit, expected_deficit, atol=1e-12)
     assert tv.item() == pytest.approx(expected_tv.item(), abs=1e-12)
+
+
+# --- replays and messages (in answer to mutation testing) --------------------------------------
+
+
+@pytest.mark.parametrize("proposal", ["empirical", "gibbs"])
+def test_multi_step_replays_its_docstring(proposal):
+    """Stage k: rejection_sample from the current proposal at the stage temperature, then the
+    proposal becomes the stage's empirical law ("empirical") or the exact pi_{eta_k} ("gibbs");
+    the total counts num_samples / rate per stage. One context (a 1-d pi0), on the same stream."""
+    generator = torch.Generator().manual_seed(7)
+    ref = torch.softmax(torch.randn(6, dtype=torch.float64, generator=generator), -1)
+    rewards = torch.randn(6, dtype=torch.float64, generator=generator)
+    schedule = [1.0, 0.4, 0.2]
+    samples, rates, total = sampling.multi_step_rejection_sample(
+        ref, rewards, schedule, 50, torch.Generator().manual_seed(8), proposal=proposal)
+    replay, current, expected_total = torch.Generator().manual_seed(8), ref, 0.0
+    temperatures = sampling.stage_temperatures(schedule).tolist()
+    for stage, (eta_k, temperature) in enumerate(zip(schedule, temperatures, strict=True)):
+        draws, rate = sampling.rejection_sample(current, rewards, temperature, 50, replay)
+        assert rates[stage].item() == rate.item()
+        expected_total += 50 / rate.item()
+        current = (gu.gibbs_policy(ref, rewards, eta_k) if proposal == "gibbs"
+                   else torch.bincount(draws, minlength=6).to(torch.float64) / 50)
+    assert torch.equal(samples, draws)
+    assert total.item() == pytest.approx(expected_total, rel=1e-12)
+
+
+def test_samplers_name_their_bad_arguments():
+    generator = torch.Generator().manual_seed(9)
+    ref = torch.full((2, 4), 0.25, dtype=torch.float64)
+    rewards = torch.zeros(2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^pool_size \(4\) must be at least num_samples \(5\): "
+                                         r"RSO samples without replacement from the pool$"):
+        sampling.rso_sample(ref, rewards, 1.0, 5, 4, generator)
+    with pytest.raises(ValueError, match="^pool_size must be a positive integer"):
+        sampling.rso_sample(ref, rewards, 1.0, 1, 0, generator)
+    with pytest.raises(ValueError, match="^num_samples must be a positive integer"):
+        sampling.multi_step_rejection_sample(ref, rewards, [1.0], 0, generator)
+    with pytest.raises(ValueError, match="^num_runs must be a positive integer"):
+        sampling.rso_bias(ref, rewards, 1.0, num_samples=1, pool_size=2, num_runs=0,
+                          generator=generator)
+    for sampler in (lambda probs: sampling.rso_sample(probs, rewards, 1.0, 1, 2, generator),
+                    lambda probs: sampling.multi_step_rejection_sample(probs, rewards, [1.0], 2,
+                                                                       generator),
+                    lambda probs: sampling.rso_bias(probs, rewards, 1.0, num_samples=1,
+                                                    pool_size=2, num_runs=1,
+                                                    generator=generator)):
+        with pytest.raises(ValueError, match="^ref_probs must"):
+            sampler(-ref)
+
+
+def test_rso_sample_broadcasts_a_shared_reference_against_batched_rewards():
+    """pi0 [K] with rewards [B, K]: one pool per row of the broadcast shape."""
+    ref = torch.full((4,), 0.25, dtype=torch.float64)
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 9.0], [9.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    draws = sampling.rso_sample(ref, rewards, 0.01, 1, 64, torch.Generator().manual_seed(10))
+    assert draws.shape == (2, 1) and draws.flatten().tolist() == [3, 0]
