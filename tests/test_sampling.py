@@ -429,6 +429,13 @@ def test_samplers_name_their_bad_arguments():
     with pytest.raises(ValueError, match=r"^pool_size \(4\) must be at least num_samples \(5\): "
                                          r"RSO samples without replacement from the pool$"):
         sampling.rso_sample(ref, rewards, 1.0, 5, 4, generator)
+    with pytest.raises(ValueError, match=r"^pool_size \(4\) must be at least num_samples \(5\): "
+                                         r"RSO samples without replacement from the pool$"):
+        sampling.rso_select(rewards, 5, 1.0, generator)
+    with pytest.raises(ValueError, match="^num_samples must be a positive integer"):
+        sampling.rso_select(rewards, 0, 1.0, generator)
+    with pytest.raises(ValueError, match="^pool_rewards must be finite"):
+        sampling.rso_select(rewards * math.nan, 1, 1.0, generator)
     with pytest.raises(ValueError, match="^pool_size must be a positive integer"):
         sampling.rso_sample(ref, rewards, 1.0, 1, 0, generator)
     with pytest.raises(ValueError, match="^num_samples must be a positive integer"):
