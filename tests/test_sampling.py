@@ -459,3 +459,49 @@ def test_rso_sample_broadcasts_a_shared_reference_against_batched_rewards():
     rewards = torch.tensor([[0.0, 0.0, 0.0, 9.0], [9.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
     draws = sampling.rso_sample(ref, rewards, 0.01, 1, 64, torch.Generator().manual_seed(10))
     assert draws.shape == (2, 1) and draws.flatten().tolist() == [3, 0]
+
+
+def test_refusal_message_states_the_rate_and_the_expected_proposals():
+    import re
+
+    ref = torch.tensor([1 - 1e-12, 1e-12], dtype=torch.float64)
+    rewards = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    rate = acceptance_rate(ref, rewards, 1e-3).item()
+    message = (f"eta is too small for one-step rejection: acceptance rate {rate:.3g} needs about "
+               f"{10 / rate:.3g} proposals; use multi-step rejection sampling through a "
+               "decreasing eta schedule")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        rejection_sample(ref, rewards, 1e-3, 10, torch.Generator().manual_seed(0))
+
+
+def test_measured_rate_counts_the_proposals_of_every_round():
+    """1024 rows at acceptance rate 0.01 and 60 draws each: a round holds at most 2^22 / 1024 + 1
+    proposals per row, fewer than the 6000 a row needs on average, so most rows take two rounds;
+    the measured rate (float64) must still average to the exact rate (within 5%: the mean of 1024
+    ratios with about 60 acceptances each has a relative standard deviation near 0.4%)."""
+    ref = torch.tensor([0.99, 0.01], dtype=torch.float64).expand(1024, 2)
+    rewards = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    samples, rates = rejection_sample(ref, rewards, 0.01, 60, torch.Generator().manual_seed(1))
+    exact = acceptance_rate(ref[0], rewards, 0.01).item()
+    assert rates.dtype == torch.float64 and rates.shape == (1024,)
+    assert abs(rates.mean().item() / exact - 1) < 0.05
+    assert (samples == 1).all()
+
+
+def test_schedules_reject_bad_stages_and_name_them():
+    """Stages must be positive, finite and strictly decreasing; a geometric schedule needs
+    0 < eta_end <= eta_start < inf (equal ends give one repeated value) and a positive count."""
+    for etas in ([1.0, 0.0], [1.0, math.nan]):
+        with pytest.raises(ValueError, match="^etas must be a non-empty sequence of positive"):
+            sampling.stage_temperatures(etas)
+    for etas in ([1.0, 1.0], [1.0, 0.5, 0.7]):
+        with pytest.raises(ValueError, match="^etas must be strictly decreasing"):
+            sampling.stage_temperatures(etas)
+    assert sampling.geometric_schedule(0.5, 0.5, 1).tolist() == [0.5]
+    for start, end in [(1.0, 0.0), (math.inf, 0.5)]:
+        with pytest.raises(ValueError, match="^need 0 < eta_end <= eta_start < inf"):
+            sampling.geometric_schedule(start, end, 2)
+    with pytest.raises(ValueError, match="^num_stages must be a positive integer"):
+        sampling.geometric_schedule(1.0, 0.5, 0)
+    with pytest.raises(ValueError, match="^ref_probs must"):
+        sampling.multi_step_acceptance_rates(torch.tensor([0.5, -0.5]), torch.zeros(2), [1.0])
