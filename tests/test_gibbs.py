@@ -745,3 +745,46 @@ def test_frontier_excess_on_and_below_the_frontier():
     below = torch.softmax(3 * torch.randn(20, 5, dtype=torch.float64, generator=generator), -1)
     excess, _, _ = frontier_excess(ref, rewards, below)
     assert (excess <= 1).all() and (excess < -1).any()
+
+
+def test_argmax_mass_by_enumeration_with_ties_and_zeros():
+    """pi0's mass on the maximisers of r among the actions pi0 supports, per row: a tie counts
+    both actions, an action outside the support (even with the largest reward) does not."""
+    from gsfh_utils.gibbs import argmax_mass
+
+    ref = t([[0.2, 0.3, 0.5, 0.0], [0.1, 0.4, 0.25, 0.25], [0.25, 0.25, 0.25, 0.25]])
+    rewards = t([[1.0, 2.0, 0.5, 9.0], [3.0, 1.0, 3.0, -1.0], [0.0, 0.0, 0.0, 0.0]])
+    expected = []
+    for p, r in zip(ref.tolist(), rewards.tolist(), strict=True):
+        best = max(value for value, mass in zip(r, p, strict=True) if mass > 0)
+        expected.append(sum(mass for value, mass in zip(r, p, strict=True)
+                            if mass > 0 and value == best))
+    assert argmax_mass(ref, rewards).tolist() == pytest.approx(expected, abs=1e-15)
+    assert argmax_mass(ref[0], rewards[0]).shape == ()
+
+
+def test_eta_limits_are_the_two_distances_and_their_bounds():
+    """Each entry for each eta of a column [E, 1]: TV to pi0 and to the small-eta limit written
+    out as half the L1 distance, next to the two bounds, which hold."""
+    from gsfh_utils.gibbs import eta_limits
+
+    generator = torch.Generator().manual_seed(21)
+    ref = torch.softmax(torch.randn(3, 5, dtype=F64, generator=generator), -1)
+    rewards = torch.randn(3, 5, dtype=F64, generator=generator)
+    etas_column = t([[0.05], [1.0], [20.0]])
+    limits = eta_limits(ref, rewards, etas_column)
+    assert set(limits) == {"tv_to_reference", "large_eta_bound", "tv_to_argmax_limit",
+                           "small_eta_bound"}
+    limit = small_eta_limit(ref, rewards)
+    for row, eta in enumerate(etas_column.flatten().tolist()):
+        policy = gibbs_policy(ref, rewards, eta)
+        to_reference = 0.5 * (policy - ref).abs().sum(-1)
+        to_limit = 0.5 * (policy - limit).abs().sum(-1)
+        assert torch.allclose(limits["tv_to_reference"][row], to_reference, atol=1e-14)
+        assert torch.allclose(limits["tv_to_argmax_limit"][row], to_limit, atol=1e-14)
+        assert torch.allclose(limits["large_eta_bound"][row],
+                              large_eta_tv_bound(ref, rewards, eta), rtol=1e-14)
+        assert torch.allclose(limits["small_eta_bound"][row],
+                              small_eta_tv_bound(ref, rewards, eta), rtol=1e-14)
+    assert (limits["tv_to_reference"] <= limits["large_eta_bound"] + 1e-12).all()
+    assert (limits["tv_to_argmax_limit"] <= limits["small_eta_bound"] + 1e-12).all()
