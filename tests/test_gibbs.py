@@ -788,3 +788,60 @@ def test_eta_limits_are_the_two_distances_and_their_bounds():
                               small_eta_tv_bound(ref, rewards, eta), rtol=1e-14)
     assert (limits["tv_to_reference"] <= limits["large_eta_bound"] + 1e-12).all()
     assert (limits["tv_to_argmax_limit"] <= limits["small_eta_bound"] + 1e-12).all()
+
+
+def test_limit_bounds_by_hand_over_two_batch_dimensions():
+    """Both bounds written out per row for a batch [2, 3, K] with actions outside the support:
+    large eta, (exp(osc/eta) - 1)/2 with osc the reward range on the support; small eta,
+    pi0(not M)/pi0(M) exp(-gap/eta) with M the maximisers on the support and gap the distance to
+    the next supported reward (an unsupported action in between does not count)."""
+    generator = torch.Generator().manual_seed(22)
+    ref = torch.softmax(torch.randn(2, 3, 5, dtype=F64, generator=generator), -1)
+    ref[0, 1, 4] = ref[1, 2, 0] = ref[1, 0, 3] = 0.0
+    ref = ref / ref.sum(-1, keepdim=True)
+    rewards = torch.randn(2, 3, 5, dtype=F64, generator=generator)
+    rewards[0, 1, 4] = rewards[0, 1].max() - 1e-3  # unsupported, just below the maximum
+    eta = 0.7
+    large, small = large_eta_tv_bound(ref, rewards, eta), small_eta_tv_bound(ref, rewards, eta)
+    assert large.shape == small.shape == (2, 3)
+    for i in range(2):
+        for j in range(3):
+            on_support = [(p, r) for p, r in zip(ref[i, j].tolist(), rewards[i, j].tolist(),
+                                                  strict=True) if p > 0]
+            values = [r for _, r in on_support]
+            best = max(values)
+            others = [r for r in values if r < best]
+            gap = best - max(others) if others else math.inf
+            mass_best = sum(p for p, r in on_support if r == best)
+            expected_small = (1 - mass_best) / mass_best * math.exp(-gap / eta)
+            expected_large = 0.5 * math.expm1((best - min(values)) / eta)
+            assert large[i, j].item() == pytest.approx(expected_large, rel=1e-13)
+            assert small[i, j].item() == pytest.approx(expected_small, rel=1e-12, abs=1e-300)
+    magnitude = gap_identity_magnitude(ref, ref, rewards, eta)
+    assert magnitude.shape == (2, 3) and torch.isfinite(magnitude).all()
+    for i in range(2):
+        assert torch.allclose(magnitude[i], gap_identity_magnitude(ref[i], ref[i], rewards[i],
+                                                                   eta), rtol=1e-15)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p, r: small_eta_limit(-p, r), "ref_probs must be non-negative"),
+    (lambda p, r: small_eta_limit(p, r[:3]),
+     r"ref_probs \(shape \(4,\)\) and rewards \(shape \(3,\)\) must"),
+    (lambda p, r: small_eta_limit(p.expand(2, 4), r[:3]),
+     r"ref_probs \(shape \(2, 4\)\) and rewards \(shape \(3,\)\) must"),
+    (lambda p, r: frontier_excess(-p, r, p.unsqueeze(0)), "ref_probs must be non-negative"),
+    (lambda p, r: frontier_excess(p, r, -p.unsqueeze(0)), "policies must be non-negative"),
+    (lambda p, r: gap_identity_magnitude(-p, p, r, 1.0), "policy must be non-negative"),
+    (lambda p, r: gap_identity_magnitude(p, -p, r, 1.0), "ref_probs must be non-negative"),
+    (lambda p, r: total_variation(-p, p), "p must be non-negative"),
+    (lambda p, r: total_variation(p, -p), "q must be non-negative"),
+    (lambda p, r: total_variation(p, p[:3] / p[:3].sum()),
+     r"p \(shape \(4,\)\) and q \(shape \(3,\)\) must"),
+    (lambda p, r: total_variation(p.expand(2, 4), t([0.5, 0.5])),
+     r"p \(shape \(2, 4\)\) and q \(shape \(2,\)\) must"),
+])
+def test_helpers_name_their_arguments(call, message):
+    ref, rewards = t([0.1, 0.2, 0.3, 0.4]), t([1.0, 0.0, -1.0, 2.0])
+    with pytest.raises(ValueError, match=f"^{message}"):
+        call(ref, rewards)
