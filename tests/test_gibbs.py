@@ -840,6 +840,20 @@ def test_limit_bounds_by_hand_over_two_batch_dimensions():
      r"p \(shape \(4,\)\) and q \(shape \(3,\)\) must"),
     (lambda p, r: total_variation(p.expand(2, 4), t([0.5, 0.5])),
      r"p \(shape \(2, 4\)\) and q \(shape \(2,\)\) must"),
+    (lambda p, r: gibbs_policy(p, r[:3], 1.0),
+     r"ref_probs \(shape \(4,\)\) and rewards \(shape \(3,\)\) must"),
+    (lambda p, r: kl_divergence(p, p[:3] / p[:3].sum()),
+     r"p \(shape \(4,\)\) and q \(shape \(3,\)\) must"),
+    (lambda p, r: objective_gradient(-p, r, 1.0), "ref_probs must be non-negative"),
+    (lambda p, r: objective_gradient(p, r[:3], 1.0),
+     r"ref_probs \(shape \(4,\)\) and rewards \(shape \(3,\)\) must"),
+    (lambda p, r: regularized_value(p, p, r[:3], 1.0),
+     r"policy \(shape \(4,\)\) and rewards \(shape \(3,\)\) must"),
+    (lambda p, r: regularized_value(p, p[:3] / p[:3].sum(), r, 1.0),
+     r"policy \(shape \(4,\)\) and ref_probs \(shape \(3,\)\) must"),
+    (lambda p, r: gibbs_frontier_eta(p.expand(2, 3, 4), r, torch.zeros(5)),
+     r"kl_target \(shape \(5,\)\) must broadcast against the leading dimensions \(2, 3\) "
+     r"of ref_probs$"),
 ])
 def test_helpers_name_their_arguments(call, message):
     ref, rewards = t([0.1, 0.2, 0.3, 0.4]), t([1.0, 0.0, -1.0, 2.0])
