@@ -498,6 +498,7 @@ def test_schedules_reject_bad_stages_and_name_them():
         with pytest.raises(ValueError, match="^etas must be strictly decreasing"):
             sampling.stage_temperatures(etas)
     assert sampling.geometric_schedule(0.5, 0.5, 1).tolist() == [0.5]
+    assert sampling.stage_temperatures([1.0, 0.3]).dtype == torch.float64  # a list of floats
     for start, end in [(1.0, 0.0), (math.inf, 0.5)]:
         with pytest.raises(ValueError, match="^need 0 < eta_end <= eta_start < inf"):
             sampling.geometric_schedule(start, end, 2)
