@@ -288,3 +288,78 @@ def test_other_bad_arguments_are_named():
                                      constant=0.0)
     with pytest.raises(ValueError, match=r"^sigma must have shape \[\.\.\., d, d\]"):
         estimation.sigma_norm(torch.ones(2), torch.ones(2, 3))
+
+
+# --- replays, shapes and argument checks (in answer to mutation testing) -----------------------
+
+
+def test_bootstrap_radius_replays_its_docstring():
+    """num_bootstrap label vectors from the fitted model on the same pairs, drawn chunk at a
+    time, each refitted; the 1 - delta quantile of the Sigma_D distances to theta_hat, per data
+    set, on the same stream."""
+    generator = torch.Generator().manual_seed(31)
+    z = torch.randn(2, 15, 3, dtype=torch.float64, generator=generator)
+    labels = (torch.rand(2, 15, generator=generator) < 0.6).to(torch.float64)
+    theta_hat = estimation.fit_bt_mle(z, labels, 1.0)
+    radius = estimation.bootstrap_radius(z, theta_hat=theta_hat, reg=1.0, delta=0.2,
+                                         num_bootstrap=7, chunk=3,
+                                         generator=torch.Generator().manual_seed(5))
+    replay = torch.Generator().manual_seed(5)
+    probs = torch.sigmoid((z * theta_hat.unsqueeze(-2)).sum(-1))
+    sigma = estimation.sigma_d(z, 1.0)
+    distances = []
+    for size in (3, 3, 1):
+        draws = (torch.rand(size, 2, 15, dtype=torch.float64, generator=replay)
+                 < probs).to(torch.float64)
+        refit = estimation.fit_bt_mle(z.expand(size, 2, 15, 3), draws, 1.0)
+        distances.append(estimation.sigma_norm(refit - theta_hat, sigma))
+    expected = torch.quantile(torch.cat(distances), 0.8, dim=0)
+    assert radius.shape == (2,) and torch.allclose(radius, expected, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match=r"^delta must be in \(0, 1\)"):
+        estimation.bootstrap_radius(z, theta_hat=theta_hat, reg=1.0, delta=0.0, num_bootstrap=2,
+                                    generator=replay)
+    with pytest.raises(ValueError, match=r"^theta_hat must have shape \(2,\) \+ \[3\], got "
+                                         r"\(3,\)$"):
+        estimation.bootstrap_radius(z, theta_hat=theta_hat[0], reg=1.0, delta=0.2,
+                                    num_bootstrap=2, generator=replay)
+
+
+def test_radius_arguments_at_their_limits():
+    """dim = 1 and norm_bound = 0 or 1/2 are allowed (a one-dimensional problem, a known zero
+    reward); a boolean dim is not a dimension."""
+    common = dict(delta=0.1, gamma=0.2, reg=1.0)
+    for dim, norm_bound in [(1, 0.5), (3, 0.0)]:
+        value = estimation.confidence_radius(dim=dim, norm_bound=norm_bound, **common)
+        expected = math.sqrt((dim + math.log(10)) / 0.2**2 + norm_bound**2)
+        assert value == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="^dim must be a positive integer"):
+        estimation.confidence_radius(dim=True, norm_bound=1.0, **common)
+    features = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.0, -1.0]]], dtype=torch.float64)
+    assert estimation.reward_difference_bound(features, 0.5) == pytest.approx(1.0, rel=1e-15)
+    assert estimation.reward_difference_bound(features, 0.0) == 0.0
+
+
+def test_objective_and_inverse_norm_keep_their_batches():
+    """bt_objective per problem of a batch [2]; inverse_sigma_norm broadcasts vectors [2, 3, d]
+    against sigma [3, d, d] and one vector [d] against sigma [3, d, d], each against a solve."""
+    generator = torch.Generator().manual_seed(32)
+    z = torch.randn(2, 6, 3, dtype=torch.float64, generator=generator)
+    labels = (torch.rand(2, 6, generator=generator) < 0.5).to(torch.float64)
+    theta = torch.randn(2, 3, dtype=torch.float64, generator=generator)
+    batched = estimation.bt_objective(theta, z, labels, 0.7)
+    assert batched.shape == (2,)
+    for i in range(2):
+        assert batched[i].item() == pytest.approx(
+            estimation.bt_objective(theta[i], z[i], labels[i], 0.7).item(), rel=1e-14)
+    roots = torch.randn(3, 3, 3, dtype=torch.float64, generator=generator)
+    sigma = roots @ roots.transpose(-1, -2) + torch.eye(3, dtype=torch.float64)
+    vectors = torch.randn(2, 3, 3, dtype=torch.float64, generator=generator)
+    norms = estimation.inverse_sigma_norm(vectors, sigma)
+    assert norms.shape == (2, 3)
+    for i in range(2):
+        for j in range(3):
+            quad = vectors[i, j] @ torch.linalg.solve(sigma[j], vectors[i, j])
+            assert norms[i, j].item() == pytest.approx(quad.sqrt().item(), rel=1e-12)
+    single = estimation.inverse_sigma_norm(vectors[0, 0], sigma)
+    assert single.shape == (3,)
+    assert single[0].item() == pytest.approx(norms[0, 0].item(), rel=1e-12)
