@@ -363,3 +363,33 @@ def test_objective_and_inverse_norm_keep_their_batches():
     single = estimation.inverse_sigma_norm(vectors[0, 0], sigma)
     assert single.shape == (3,)
     assert single[0].item() == pytest.approx(norms[0, 0].item(), rel=1e-12)
+
+
+def test_asymptotic_radius_against_the_chi_square_quantile():
+    """sqrt(chi2_{d, 1-delta} / gamma + reg B^2), with the quantile of a chi-square with d = 2
+    degrees of freedom in closed form, -2 log(delta); arguments checked as for the other radius."""
+    value = estimation.asymptotic_radius(dim=2, delta=0.05, gamma=0.25, reg=0.5, norm_bound=2.0)
+    assert value == pytest.approx(math.sqrt(-2 * math.log(0.05) / 0.25 + 0.5 * 4.0), rel=1e-12)
+    assert estimation.asymptotic_radius(dim=1, delta=0.5, gamma=1.0, reg=1.0,
+                                        norm_bound=0.0) == pytest.approx(0.6744897501960817,
+                                                                         rel=1e-9)
+    for changes, word in [(dict(dim=0), "dim"), (dict(delta=1.0), "delta"),
+                          (dict(gamma=0.0), "gamma"), (dict(reg=0.0), "reg"),
+                          (dict(norm_bound=-1.0), "norm_bound")]:
+        arguments = dict(dim=2, delta=0.05, gamma=0.25, reg=0.5, norm_bound=2.0) | changes
+        with pytest.raises(ValueError, match=f"^{word}"):
+            estimation.asymptotic_radius(**arguments)
+
+
+def test_norm_checks_and_small_norms():
+    """A norm below 1 is not clamped; shapes are checked and the two dimensions named."""
+    eye = torch.eye(2, dtype=torch.float64)
+    assert estimation.sigma_norm(torch.tensor([0.1, 0.0]), eye).item() == pytest.approx(0.1)
+    for vectors, sigma in [(torch.tensor(1.0), torch.eye(1)), (torch.ones(2), torch.ones(2))]:
+        with pytest.raises(ValueError, match=r"^sigma must have shape \[\.\.\., d, d\]"):
+            estimation.sigma_norm(vectors, sigma)
+    with pytest.raises(ValueError, match="^vectors have d = 3 but sigma has d = 4$"):
+        estimation.inverse_sigma_norm(torch.ones(2, 5, 3), torch.eye(4))
+    fit = estimation.fit_bt_mle(torch.zeros(2, 4, 3, dtype=torch.float64),
+                                torch.ones(2, 4, dtype=torch.float64), 1.0)
+    assert fit.dtype == torch.float64 and torch.equal(fit, torch.zeros(2, 3, dtype=torch.float64))
