@@ -393,3 +393,31 @@ def test_norm_checks_and_small_norms():
     fit = estimation.fit_bt_mle(torch.zeros(2, 4, 3, dtype=torch.float64),
                                 torch.ones(2, 4, dtype=torch.float64), 1.0)
     assert fit.dtype == torch.float64 and torch.equal(fit, torch.zeros(2, 3, dtype=torch.float64))
+
+
+def test_data_checks_are_described_in_full(monkeypatch):
+    """Messages name the argument and the shapes; reference vectors of one context (pi0 [K],
+    features [K, d]); a batch split into chunks of one problem (a tiny cache budget) gives the
+    unchunked fits."""
+    z = torch.ones(2, 3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^labels must have shape \(2, 3\) \(the leading "
+                                         r"dimensions of feature_diffs\), got \(3,\)$"):
+        estimation.fit_bt_mle(z, torch.ones(3), 1.0)
+    with pytest.raises(ValueError, match=r"^feature_diffs must be finite \(no NaN or inf\)$"):
+        estimation.fit_bt_mle(z * math.nan, torch.ones(2, 3), 1.0)
+    with pytest.raises(ValueError, match=r"^feature_diffs must have at least one feature"):
+        estimation.fit_bt_mle(torch.ones(2, 3, 0), torch.ones(2, 3), 1.0)
+    with pytest.raises(ValueError, match=r"^features \(3, 3\) must be ref_probs \(2,\) plus a "
+                                         r"feature dimension$"):
+        estimation.reference_vectors(torch.ones(3, 3), torch.full((2,), 0.5))
+    with pytest.raises(ValueError, match="^ref_probs must"):
+        estimation.reference_vectors(torch.ones(2, 3), -torch.full((2,), 0.5))
+    features = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], dtype=torch.float64)
+    ref = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    assert estimation.reference_vectors(features, ref).tolist() == [0.75, 0.75]
+    generator = torch.Generator().manual_seed(33)
+    z = torch.randn(4, 2, 3, dtype=torch.float64, generator=generator)
+    labels = (torch.rand(4, 2, generator=generator) < 0.5).to(torch.float64)
+    whole = estimation.fit_bt_mle(z, labels, 1.0)
+    monkeypatch.setattr(estimation, "CHUNK_BYTES", 1)
+    assert torch.allclose(estimation.fit_bt_mle(z, labels, 1.0), whole, atol=1e-12)
