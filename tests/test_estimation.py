@@ -368,8 +368,8 @@ def test_objective_and_inverse_norm_keep_their_batches():
 def test_asymptotic_radius_against_the_chi_square_quantile():
     """sqrt(chi2_{d, 1-delta} / gamma + reg B^2), with the quantile of a chi-square with d = 2
     degrees of freedom in closed form, -2 log(delta); arguments checked as for the other radius."""
-    value = estimation.asymptotic_radius(dim=2, delta=0.05, gamma=0.25, reg=0.5, norm_bound=2.0)
-    assert value == pytest.approx(math.sqrt(-2 * math.log(0.05) / 0.25 + 0.5 * 4.0), rel=1e-12)
+    value = estimation.asymptotic_radius(dim=2, delta=0.05, gamma=0.25, reg=0.5, norm_bound=3.0)
+    assert value == pytest.approx(math.sqrt(-2 * math.log(0.05) / 0.25 + 0.5 * 9.0), rel=1e-12)
     assert estimation.asymptotic_radius(dim=1, delta=0.5, gamma=1.0, reg=1.0,
                                         norm_bound=0.0) == pytest.approx(0.6744897501960817,
                                                                          rel=1e-9)
