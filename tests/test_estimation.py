@@ -122,18 +122,18 @@ def test_fit_bad_inputs():
     z, labels = random_problem((), 10, 3, seed=5)
     with pytest.raises(ValueError, match="empty"):
         estimation.fit_bt_mle(torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0), 1.0)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="^labels"):
         estimation.fit_bt_mle(z, labels + 1, 1.0)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="^labels"):
         estimation.fit_bt_mle(z, torch.full((10,), 0.5), 1.0)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(ValueError, match="^labels"):
         estimation.fit_bt_mle(z, labels[:-1], 1.0)  # mismatched n
-    with pytest.raises(ValueError, match="feature_diffs"):
+    with pytest.raises(ValueError, match="^feature_diffs"):
         estimation.fit_bt_mle(z[0], labels, 1.0)  # no pair dimension
-    with pytest.raises(ValueError, match="feature_diffs"):
+    with pytest.raises(ValueError, match="^feature_diffs"):
         estimation.fit_bt_mle(z * float("nan"), labels, 1.0)
     for reg in (0.0, -1.0, float("nan"), float("inf"), "a"):
-        with pytest.raises(ValueError, match="reg"):
+        with pytest.raises(ValueError, match="^reg"):
             estimation.fit_bt_mle(z, labels, reg)
 
 
@@ -150,7 +150,7 @@ def test_sigma_d_closed_form():
         explicit = 0.3 * torch.eye(4, dtype=torch.float64) + sum(
             torch.outer(z[row, i], z[row, i]) for i in range(17))
         assert torch.allclose(sigma[row], explicit, atol=1e-12)
-    with pytest.raises(ValueError, match="reg"):
+    with pytest.raises(ValueError, match="^reg"):
         estimation.sigma_d(z, 0.0)
 
 
@@ -162,7 +162,7 @@ def test_slope_bound_is_the_minimum_slope():
         assert math.isclose(estimation.slope_bound(margin),
                             1 / (2 + math.exp(margin) + math.exp(-margin)), rel_tol=1e-12)
     assert 0 < estimation.slope_bound(700.0) < 1e-300  # no overflow
-    with pytest.raises(ValueError, match="margin_bound"):
+    with pytest.raises(ValueError, match="^margin_bound"):
         estimation.slope_bound(-1.0)
 
 
@@ -174,10 +174,10 @@ def test_confidence_radius_closed_form_and_bad_inputs():
     assert math.isclose(estimation.confidence_radius(**args, constant=0.1), 0.1 * beta,
                         rel_tol=1e-14)
     for delta in (0.0, 1.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match="delta"):
+        with pytest.raises(ValueError, match="^delta"):
             estimation.confidence_radius(**{**args, "delta": delta})
     for name, bad in [("reg", 0.0), ("gamma", 0.0), ("dim", 0), ("norm_bound", -1.0)]:
-        with pytest.raises(ValueError, match=name):
+        with pytest.raises(ValueError, match=f"^{name}"):
             estimation.confidence_radius(**{**args, name: bad})
     with pytest.raises(TypeError):  # five numbers side by side: keyword-only
         estimation.confidence_radius(8, 0.05, gamma, 1.0, 4.0)
@@ -192,9 +192,9 @@ def test_reward_difference_bound_by_brute_force():
                         rel_tol=1e-14)
     unit = features / features.norm(dim=-1, keepdim=True)
     assert estimation.reward_difference_bound(unit, 1.0) <= 2 + 1e-12  # at most 2B
-    with pytest.raises(ValueError, match="features"):
+    with pytest.raises(ValueError, match="^features"):
         estimation.reward_difference_bound(features[0], 1.0)
-    with pytest.raises(ValueError, match="norm_bound"):
+    with pytest.raises(ValueError, match="^norm_bound"):
         estimation.reward_difference_bound(features, -1.0)
 
 
@@ -226,13 +226,13 @@ def test_bootstrap_radius_shapes_determinism_and_bad_inputs():
                                         generator=torch.Generator().manual_seed(1), chunk=3)
     assert first.shape == (2, 3) and (first > 0).all()
     assert torch.equal(first, again)  # chunking changes memory, not the numbers
-    with pytest.raises(ValueError, match="theta_hat"):
+    with pytest.raises(ValueError, match="^theta_hat"):
         estimation.bootstrap_radius(z, theta_hat=theta[0], reg=1.0, delta=0.1, num_bootstrap=7,
                                     generator=generator)
-    with pytest.raises(ValueError, match="delta"):
+    with pytest.raises(ValueError, match="^delta"):
         estimation.bootstrap_radius(z, theta_hat=theta, reg=1.0, delta=1.0, num_bootstrap=7,
                                     generator=generator)
-    with pytest.raises(ValueError, match="num_bootstrap"):
+    with pytest.raises(ValueError, match="^num_bootstrap"):
         estimation.bootstrap_radius(z, theta_hat=theta, reg=1.0, delta=0.1, num_bootstrap=0,
                                     generator=generator)
 
@@ -252,7 +252,7 @@ def test_reference_vectors_and_norms():
     ref = torch.softmax(torch.randn(3, 5, dtype=torch.float64, generator=generator), -1)
     nu = estimation.reference_vectors(features, ref)
     assert torch.allclose(nu, (ref.unsqueeze(-1) * features).sum(1), atol=1e-14)
-    with pytest.raises(ValueError, match="features"):
+    with pytest.raises(ValueError, match="^features"):
         estimation.reference_vectors(features[:, :4], ref)
     root = torch.randn(2, 4, 4, dtype=torch.float64, generator=generator)
     sigma = root @ root.transpose(-1, -2) + torch.eye(4, dtype=torch.float64)
@@ -275,7 +275,7 @@ def test_reference_vectors_and_norms():
     (torch.tensor([[math.nan, 1.0]]), "^feature_diffs must be finite"),
 ])
 def test_bad_feature_diffs_are_named(feature_diffs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^{match}"):
         estimation.fit_bt_mle(feature_diffs, torch.ones(1), 1.0)
 
 
@@ -288,3 +288,136 @@ def test_other_bad_arguments_are_named():
                                      constant=0.0)
     with pytest.raises(ValueError, match=r"^sigma must have shape \[\.\.\., d, d\]"):
         estimation.sigma_norm(torch.ones(2), torch.ones(2, 3))
+
+
+# --- replays, shapes and argument checks (in answer to mutation testing) -----------------------
+
+
+def test_bootstrap_radius_replays_its_docstring():
+    """num_bootstrap label vectors from the fitted model on the same pairs, drawn chunk at a
+    time, each refitted; the 1 - delta quantile of the Sigma_D distances to theta_hat, per data
+    set, on the same stream."""
+    generator = torch.Generator().manual_seed(31)
+    z = torch.randn(2, 15, 3, dtype=torch.float64, generator=generator)
+    labels = (torch.rand(2, 15, generator=generator) < 0.6).to(torch.float64)
+    theta_hat = estimation.fit_bt_mle(z, labels, 1.0)
+    radius = estimation.bootstrap_radius(z, theta_hat=theta_hat, reg=1.0, delta=0.2,
+                                         num_bootstrap=7, chunk=3,
+                                         generator=torch.Generator().manual_seed(5))
+    replay = torch.Generator().manual_seed(5)
+    probs = torch.sigmoid((z * theta_hat.unsqueeze(-2)).sum(-1))
+    sigma = estimation.sigma_d(z, 1.0)
+    distances = []
+    for size in (3, 3, 1):
+        draws = (torch.rand(size, 2, 15, dtype=torch.float64, generator=replay)
+                 < probs).to(torch.float64)
+        refit = estimation.fit_bt_mle(z.expand(size, 2, 15, 3), draws, 1.0)
+        distances.append(estimation.sigma_norm(refit - theta_hat, sigma))
+    expected = torch.quantile(torch.cat(distances), 0.8, dim=0)
+    assert radius.shape == (2,) and torch.allclose(radius, expected, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match=r"^delta must be in \(0, 1\)"):
+        estimation.bootstrap_radius(z, theta_hat=theta_hat, reg=1.0, delta=0.0, num_bootstrap=2,
+                                    generator=replay)
+    with pytest.raises(ValueError, match=r"^theta_hat must have shape \(2,\) \+ \[3\], got "
+                                         r"\(3,\)$"):
+        estimation.bootstrap_radius(z, theta_hat=theta_hat[0], reg=1.0, delta=0.2,
+                                    num_bootstrap=2, generator=replay)
+
+
+def test_radius_arguments_at_their_limits():
+    """dim = 1 and norm_bound = 0 or 1/2 are allowed (a one-dimensional problem, a known zero
+    reward); a boolean dim is not a dimension."""
+    common = dict(delta=0.1, gamma=0.2, reg=1.0)
+    for dim, norm_bound in [(1, 0.5), (3, 0.0)]:
+        value = estimation.confidence_radius(dim=dim, norm_bound=norm_bound, **common)
+        expected = math.sqrt((dim + math.log(10)) / 0.2**2 + norm_bound**2)
+        assert value == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="^dim must be a positive integer"):
+        estimation.confidence_radius(dim=True, norm_bound=1.0, **common)
+    features = torch.tensor([[[0.0, 1.0], [1.0, 0.0], [0.0, -1.0]]], dtype=torch.float64)
+    assert estimation.reward_difference_bound(features, 0.5) == pytest.approx(1.0, rel=1e-15)
+    assert estimation.reward_difference_bound(features, 0.0) == 0.0
+
+
+def test_objective_and_inverse_norm_keep_their_batches():
+    """bt_objective per problem of a batch [2]; inverse_sigma_norm broadcasts vectors [2, 3, d]
+    against sigma [3, d, d] and one vector [d] against sigma [3, d, d], each against a solve."""
+    generator = torch.Generator().manual_seed(32)
+    z = torch.randn(2, 6, 3, dtype=torch.float64, generator=generator)
+    labels = (torch.rand(2, 6, generator=generator) < 0.5).to(torch.float64)
+    theta = torch.randn(2, 3, dtype=torch.float64, generator=generator)
+    batched = estimation.bt_objective(theta, z, labels, 0.7)
+    assert batched.shape == (2,)
+    for i in range(2):
+        assert batched[i].item() == pytest.approx(
+            estimation.bt_objective(theta[i], z[i], labels[i], 0.7).item(), rel=1e-14)
+    roots = torch.randn(3, 3, 3, dtype=torch.float64, generator=generator)
+    sigma = roots @ roots.transpose(-1, -2) + torch.eye(3, dtype=torch.float64)
+    vectors = torch.randn(2, 3, 3, dtype=torch.float64, generator=generator)
+    norms = estimation.inverse_sigma_norm(vectors, sigma)
+    assert norms.shape == (2, 3)
+    for i in range(2):
+        for j in range(3):
+            quad = vectors[i, j] @ torch.linalg.solve(sigma[j], vectors[i, j])
+            assert norms[i, j].item() == pytest.approx(quad.sqrt().item(), rel=1e-12)
+    single = estimation.inverse_sigma_norm(vectors[0, 0], sigma)
+    assert single.shape == (3,)
+    assert single[0].item() == pytest.approx(norms[0, 0].item(), rel=1e-12)
+
+
+def test_asymptotic_radius_against_the_chi_square_quantile():
+    """sqrt(chi2_{d, 1-delta} / gamma + reg B^2), with the quantile of a chi-square with d = 2
+    degrees of freedom in closed form, -2 log(delta); arguments checked as for the other radius."""
+    value = estimation.asymptotic_radius(dim=2, delta=0.05, gamma=0.25, reg=0.5, norm_bound=3.0)
+    assert value == pytest.approx(math.sqrt(-2 * math.log(0.05) / 0.25 + 0.5 * 9.0), rel=1e-12)
+    assert estimation.asymptotic_radius(dim=1, delta=0.5, gamma=1.0, reg=1.0,
+                                        norm_bound=0.0) == pytest.approx(0.6744897501960817,
+                                                                         rel=1e-9)
+    for changes, word in [(dict(dim=0), "dim"), (dict(delta=1.0), "delta"),
+                          (dict(gamma=0.0), "gamma"), (dict(reg=0.0), "reg"),
+                          (dict(norm_bound=-1.0), "norm_bound")]:
+        arguments = dict(dim=2, delta=0.05, gamma=0.25, reg=0.5, norm_bound=2.0) | changes
+        with pytest.raises(ValueError, match=f"^{word}"):
+            estimation.asymptotic_radius(**arguments)
+
+
+def test_norm_checks_and_small_norms():
+    """A norm below 1 is not clamped; shapes are checked and the two dimensions named."""
+    eye = torch.eye(2, dtype=torch.float64)
+    assert estimation.sigma_norm(torch.tensor([0.1, 0.0]), eye).item() == pytest.approx(0.1)
+    for vectors, sigma in [(torch.tensor(1.0), torch.eye(1)), (torch.ones(2), torch.ones(2))]:
+        with pytest.raises(ValueError, match=r"^sigma must have shape \[\.\.\., d, d\]"):
+            estimation.sigma_norm(vectors, sigma)
+    with pytest.raises(ValueError, match="^vectors have d = 3 but sigma has d = 4$"):
+        estimation.inverse_sigma_norm(torch.ones(2, 5, 3), torch.eye(4))
+    fit = estimation.fit_bt_mle(torch.zeros(2, 4, 3, dtype=torch.float64),
+                                torch.ones(2, 4, dtype=torch.float64), 1.0)
+    assert fit.dtype == torch.float64 and torch.equal(fit, torch.zeros(2, 3, dtype=torch.float64))
+
+
+def test_data_checks_are_described_in_full(monkeypatch):
+    """Messages name the argument and the shapes; reference vectors of one context (pi0 [K],
+    features [K, d]); a batch split into chunks of one problem (a tiny cache budget) gives the
+    unchunked fits."""
+    z = torch.ones(2, 3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^labels must have shape \(2, 3\) \(the leading "
+                                         r"dimensions of feature_diffs\), got \(3,\)$"):
+        estimation.fit_bt_mle(z, torch.ones(3), 1.0)
+    with pytest.raises(ValueError, match=r"^feature_diffs must be finite \(no NaN or inf\)$"):
+        estimation.fit_bt_mle(z * math.nan, torch.ones(2, 3), 1.0)
+    with pytest.raises(ValueError, match=r"^feature_diffs must have at least one feature"):
+        estimation.fit_bt_mle(torch.ones(2, 3, 0), torch.ones(2, 3), 1.0)
+    with pytest.raises(ValueError, match=r"^features \(3, 3\) must be ref_probs \(2,\) plus a "
+                                         r"feature dimension$"):
+        estimation.reference_vectors(torch.ones(3, 3), torch.full((2,), 0.5))
+    with pytest.raises(ValueError, match="^ref_probs must"):
+        estimation.reference_vectors(torch.ones(2, 3), -torch.full((2,), 0.5))
+    features = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], dtype=torch.float64)
+    ref = torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64)
+    assert estimation.reference_vectors(features, ref).tolist() == [0.75, 0.75]
+    generator = torch.Generator().manual_seed(33)
+    z = torch.randn(4, 2, 3, dtype=torch.float64, generator=generator)
+    labels = (torch.rand(4, 2, generator=generator) < 0.5).to(torch.float64)
+    whole = estimation.fit_bt_mle(z, labels, 1.0)
+    monkeypatch.setattr(estimation, "CHUNK_BYTES", 1)
+    assert torch.allclose(estimation.fit_bt_mle(z, labels, 1.0), whole, atol=1e-12)

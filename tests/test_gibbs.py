@@ -745,3 +745,117 @@ def test_frontier_excess_on_and_below_the_frontier():
     below = torch.softmax(3 * torch.randn(20, 5, dtype=torch.float64, generator=generator), -1)
     excess, _, _ = frontier_excess(ref, rewards, below)
     assert (excess <= 1).all() and (excess < -1).any()
+
+
+def test_argmax_mass_by_enumeration_with_ties_and_zeros():
+    """pi0's mass on the maximisers of r among the actions pi0 supports, per row: a tie counts
+    both actions, an action outside the support (even with the largest reward) does not."""
+    from gsfh_utils.gibbs import argmax_mass
+
+    ref = t([[0.2, 0.3, 0.5, 0.0], [0.1, 0.4, 0.25, 0.25], [0.25, 0.25, 0.25, 0.25]])
+    rewards = t([[1.0, 2.0, 0.5, 9.0], [3.0, 1.0, 3.0, -1.0], [0.0, 0.0, 0.0, 0.0]])
+    expected = []
+    for p, r in zip(ref.tolist(), rewards.tolist(), strict=True):
+        best = max(value for value, mass in zip(r, p, strict=True) if mass > 0)
+        expected.append(sum(mass for value, mass in zip(r, p, strict=True)
+                            if mass > 0 and value == best))
+    assert argmax_mass(ref, rewards).tolist() == pytest.approx(expected, abs=1e-15)
+    assert argmax_mass(ref[0], rewards[0]).shape == ()
+
+
+def test_eta_limits_are_the_two_distances_and_their_bounds():
+    """Each entry for each eta of a column [E, 1]: TV to pi0 and to the small-eta limit written
+    out as half the L1 distance, next to the two bounds, which hold."""
+    from gsfh_utils.gibbs import eta_limits
+
+    generator = torch.Generator().manual_seed(21)
+    ref = torch.softmax(torch.randn(3, 5, dtype=F64, generator=generator), -1)
+    rewards = torch.randn(3, 5, dtype=F64, generator=generator)
+    etas_column = t([[0.05], [1.0], [20.0]])
+    limits = eta_limits(ref, rewards, etas_column)
+    assert set(limits) == {"tv_to_reference", "large_eta_bound", "tv_to_argmax_limit",
+                           "small_eta_bound"}
+    limit = small_eta_limit(ref, rewards)
+    for row, eta in enumerate(etas_column.flatten().tolist()):
+        policy = gibbs_policy(ref, rewards, eta)
+        to_reference = 0.5 * (policy - ref).abs().sum(-1)
+        to_limit = 0.5 * (policy - limit).abs().sum(-1)
+        assert torch.allclose(limits["tv_to_reference"][row], to_reference, atol=1e-14)
+        assert torch.allclose(limits["tv_to_argmax_limit"][row], to_limit, atol=1e-14)
+        assert torch.allclose(limits["large_eta_bound"][row],
+                              large_eta_tv_bound(ref, rewards, eta), rtol=1e-14)
+        assert torch.allclose(limits["small_eta_bound"][row],
+                              small_eta_tv_bound(ref, rewards, eta), rtol=1e-14)
+    assert (limits["tv_to_reference"] <= limits["large_eta_bound"] + 1e-12).all()
+    assert (limits["tv_to_argmax_limit"] <= limits["small_eta_bound"] + 1e-12).all()
+
+
+def test_limit_bounds_by_hand_over_two_batch_dimensions():
+    """Both bounds written out per row for a batch [2, 3, K] with actions outside the support:
+    large eta, (exp(osc/eta) - 1)/2 with osc the reward range on the support; small eta,
+    pi0(not M)/pi0(M) exp(-gap/eta) with M the maximisers on the support and gap the distance to
+    the next supported reward (an unsupported action in between does not count)."""
+    generator = torch.Generator().manual_seed(22)
+    ref = torch.softmax(torch.randn(2, 3, 5, dtype=F64, generator=generator), -1)
+    ref[0, 1, 4] = ref[1, 2, 0] = ref[1, 0, 3] = 0.0
+    ref = ref / ref.sum(-1, keepdim=True)
+    rewards = torch.randn(2, 3, 5, dtype=F64, generator=generator)
+    rewards[0, 1, 4] = rewards[0, 1].max() - 1e-3  # unsupported, just below the maximum
+    eta = 0.7
+    large, small = large_eta_tv_bound(ref, rewards, eta), small_eta_tv_bound(ref, rewards, eta)
+    assert large.shape == small.shape == (2, 3)
+    for i in range(2):
+        for j in range(3):
+            on_support = [(p, r) for p, r in zip(ref[i, j].tolist(), rewards[i, j].tolist(),
+                                                  strict=True) if p > 0]
+            values = [r for _, r in on_support]
+            best = max(values)
+            others = [r for r in values if r < best]
+            gap = best - max(others) if others else math.inf
+            mass_best = sum(p for p, r in on_support if r == best)
+            expected_small = (1 - mass_best) / mass_best * math.exp(-gap / eta)
+            expected_large = 0.5 * math.expm1((best - min(values)) / eta)
+            assert large[i, j].item() == pytest.approx(expected_large, rel=1e-13)
+            assert small[i, j].item() == pytest.approx(expected_small, rel=1e-12, abs=1e-300)
+    magnitude = gap_identity_magnitude(ref, ref, rewards, eta)
+    assert magnitude.shape == (2, 3) and torch.isfinite(magnitude).all()
+    for i in range(2):
+        assert torch.allclose(magnitude[i], gap_identity_magnitude(ref[i], ref[i], rewards[i],
+                                                                   eta), rtol=1e-15)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda p, r: small_eta_limit(-p, r), "ref_probs must be non-negative"),
+    (lambda p, r: small_eta_limit(p, r[:3]),
+     r"ref_probs \(shape \(4,\)\) and rewards \(shape \(3,\)\) must"),
+    (lambda p, r: small_eta_limit(p.expand(2, 4), r[:3]),
+     r"ref_probs \(shape \(2, 4\)\) and rewards \(shape \(3,\)\) must"),
+    (lambda p, r: frontier_excess(-p, r, p.unsqueeze(0)), "ref_probs must be non-negative"),
+    (lambda p, r: frontier_excess(p, r, -p.unsqueeze(0)), "policies must be non-negative"),
+    (lambda p, r: gap_identity_magnitude(-p, p, r, 1.0), "policy must be non-negative"),
+    (lambda p, r: gap_identity_magnitude(p, -p, r, 1.0), "ref_probs must be non-negative"),
+    (lambda p, r: total_variation(-p, p), "p must be non-negative"),
+    (lambda p, r: total_variation(p, -p), "q must be non-negative"),
+    (lambda p, r: total_variation(p, p[:3] / p[:3].sum()),
+     r"p \(shape \(4,\)\) and q \(shape \(3,\)\) must"),
+    (lambda p, r: total_variation(p.expand(2, 4), t([0.5, 0.5])),
+     r"p \(shape \(2, 4\)\) and q \(shape \(2,\)\) must"),
+    (lambda p, r: gibbs_policy(p, r[:3], 1.0),
+     r"ref_probs \(shape \(4,\)\) and rewards \(shape \(3,\)\) must"),
+    (lambda p, r: kl_divergence(p, p[:3] / p[:3].sum()),
+     r"p \(shape \(4,\)\) and q \(shape \(3,\)\) must"),
+    (lambda p, r: objective_gradient(-p, r, 1.0), "ref_probs must be non-negative"),
+    (lambda p, r: objective_gradient(p, r[:3], 1.0),
+     r"ref_probs \(shape \(4,\)\) and rewards \(shape \(3,\)\) must"),
+    (lambda p, r: regularized_value(p, p, r[:3], 1.0),
+     r"policy \(shape \(4,\)\) and rewards \(shape \(3,\)\) must"),
+    (lambda p, r: regularized_value(p, p[:3] / p[:3].sum(), r, 1.0),
+     r"policy \(shape \(4,\)\) and ref_probs \(shape \(3,\)\) must"),
+    (lambda p, r: gibbs_frontier_eta(p.expand(2, 3, 4), r, torch.zeros(5)),
+     r"kl_target \(shape \(5,\)\) must broadcast against the leading dimensions \(2, 3\) "
+     r"of ref_probs$"),
+])
+def test_helpers_name_their_arguments(call, message):
+    ref, rewards = t([0.1, 0.2, 0.3, 0.4]), t([1.0, 0.0, -1.0, 2.0])
+    with pytest.raises(ValueError, match=f"^{message}"):
+        call(ref, rewards)

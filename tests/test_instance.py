@@ -126,7 +126,7 @@ BAD_FIELDS = [
 def test_each_bad_field_raises_value_error_naming_it(field, corrupt, match):
     fields = good_fields()
     fields[field] = corrupt(fields[field])
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^{match}"):
         LinearBTBandit(**fields)
 
 
@@ -152,7 +152,7 @@ def test_random_instance_satisfies_the_assumptions_and_is_reproducible():
     assert torch.equal(bandit.features, again.features)
     assert torch.equal(bandit.ref_probs, again.ref_probs)
     for name, bad in [("num_contexts", 0), ("num_actions", -1), ("dim", 1.5)]:
-        with pytest.raises(ValueError, match=name):
+        with pytest.raises(ValueError, match=f"^{name} must be a positive integer"):
             LinearBTBandit.random(**{**shape, name: bad}, norm_bound=1.0, eta=1.0,
                                   generator=generator(0))
 
@@ -357,13 +357,13 @@ def test_one_policy_per_seed_in_a_batch():
 def test_bad_policy_shape_names_the_policy(shape):
     bandit = make_bandit()
     bad = torch.full(shape, 1.0 / shape[-1], dtype=F64)
-    with pytest.raises(ValueError, match="first_policy"):
+    with pytest.raises(ValueError, match="^first_policy"):
         bandit.sample_preferences(3, bad, bandit.ref_probs, generator(0), batch_shape=(2,))
-    with pytest.raises(ValueError, match="second_policy"):
+    with pytest.raises(ValueError, match="^second_policy"):
         bandit.sample_preferences(3, bandit.ref_probs, bad, generator(0), batch_shape=(2,))
-    with pytest.raises(ValueError, match="first_policy"):
+    with pytest.raises(ValueError, match="^first_policy"):
         bandit.sample_preferences(3, bandit.ref_probs * 2, bandit.ref_probs, generator(0))
-    with pytest.raises(ValueError, match="num_pairs"):
+    with pytest.raises(ValueError, match="^num_pairs"):
         bandit.sample_preferences(0, bandit.ref_probs, bandit.ref_probs, generator(0))
 
 
@@ -416,3 +416,114 @@ def test_preferences_concat():
         assert torch.equal(getattr(both, name)[..., 3:], getattr(second, name))
     assert torch.equal(both.feature_diffs[:, :3], first.feature_diffs)
     assert torch.equal(both.feature_diffs[:, 3:], second.feature_diffs)
+
+
+# --- replays of the samplers and the remaining messages (in answer to mutation testing) --------
+
+
+def test_random_instance_replays_its_docstring():
+    """LinearBTBandit.random against the construction by hand on the same stream: directions
+    N(0, I) normalised, norms uniform in [0.5, 1], theta* N(0, I) scaled to norm_bound, pi0 from
+    reference_policy with the given temperature or exponent (defaults 1), d0 exactly uniform."""
+    for reference, options, family_options in [
+            ("softmax", {}, dict(temperature=1.0)),
+            ("softmax", dict(ref_temperature=3.0), dict(temperature=3.0)),
+            ("zipf", {}, dict(exponent=1.0)),
+            ("zipf", dict(zipf_exponent=2.5), dict(exponent=2.5))]:
+        bandit = LinearBTBandit.random(num_contexts=3, num_actions=4, dim=2, norm_bound=1.5,
+                                       eta=0.3, generator=generator(15), reference=reference,
+                                       **options)
+        replay = generator(15)
+        directions = torch.randn(3, 4, 2, dtype=F64, generator=replay)
+        directions = directions / directions.norm(dim=-1, keepdim=True)
+        norms = 0.5 + 0.5 * torch.rand(3, 4, 1, dtype=F64, generator=replay)
+        theta = torch.randn(2, dtype=F64, generator=replay)
+        ref = reference_policy(reference, num_contexts=3, num_actions=4, generator=replay,
+                               **family_options)
+        torch.testing.assert_close(bandit.features, directions * norms, rtol=1e-15, atol=0)
+        torch.testing.assert_close(bandit.theta_star, 1.5 * theta / theta.norm(), rtol=1e-15,
+                                   atol=0)
+        assert torch.equal(bandit.ref_probs, ref)
+        assert torch.equal(bandit.context_probs, torch.full((3,), 1 / 3, dtype=F64))
+
+
+def test_reference_policy_defaults_temperatures_and_names():
+    """softmax(temperature N(0, I)) by hand; the temperature and exponent default to 1; bad
+    sizes and exponents are named."""
+    shape = dict(num_contexts=3, num_actions=4)
+    probs = reference_policy("softmax", **shape, generator=generator(16), temperature=2.5)
+    logits = 2.5 * torch.randn(3, 4, dtype=F64, generator=generator(16))
+    torch.testing.assert_close(probs, logits.exp() / logits.exp().sum(-1, keepdim=True),
+                               rtol=1e-14, atol=0)
+    for family, option in [("softmax", dict(temperature=1.0)), ("zipf", dict(exponent=1.0))]:
+        assert torch.equal(reference_policy(family, **shape, generator=generator(17)),
+                           reference_policy(family, **shape, generator=generator(17), **option))
+    for changes, name in [(dict(num_contexts=0), "num_contexts"),
+                          (dict(num_actions=0), "num_actions")]:
+        with pytest.raises(ValueError, match=f"^{name} must be a positive integer"):
+            reference_policy("uniform", **(shape | changes), generator=generator(0))
+    with pytest.raises(ValueError, match="^exponent must be positive"):
+        reference_policy("zipf", **shape, generator=generator(0), exponent=-1.0)
+
+
+def test_random_policies_replay_their_docstring():
+    """softmax(s N(0, I)) on the support of pi0, s log-uniform in 10**log10_scale, one scale per
+    policy, for a pi0 with two batch dimensions and zeros; bad arguments are named."""
+    from gsfh_utils.instance import random_policies
+
+    ref = torch.softmax(torch.randn(2, 3, 5, dtype=F64, generator=generator(18)), -1)
+    ref[0, 1, 2] = ref[1, 2, 0] = 0.0
+    ref = ref / ref.sum(-1, keepdim=True)
+    policies = random_policies(ref, 4, generator(19), log10_scale=(-0.5, 1.5))
+    replay = generator(19)
+    scales = 10 ** (-0.5 + 2.0 * torch.rand(2, 3, 4, 1, dtype=F64, generator=replay))
+    logits = scales * torch.randn(2, 3, 4, 5, dtype=F64, generator=replay)
+    weights = logits.exp() * (ref > 0).unsqueeze(-2)
+    torch.testing.assert_close(policies, weights / weights.sum(-1, keepdim=True), rtol=1e-13,
+                               atol=0)
+    with pytest.raises(ValueError, match="^ref_probs"):
+        random_policies(-ref, 4, generator(0))
+    with pytest.raises(ValueError, match="^num_policies must be a positive integer"):
+        random_policies(ref, 0, generator(0))
+
+
+def test_feature_norm_limit_and_theta_given_as_a_list():
+    """Features of norm 1 (up to 1e-9) are allowed and a norm of 1.5 is not; ``rewards`` reads
+    a list ``theta`` as float64; non-finite features are named."""
+    fields = good_fields()
+    features = fields["features"] / fields["features"].norm(dim=-1).max()
+    bandit = LinearBTBandit(**(fields | dict(features=features * (1 + 1e-10))))
+    with pytest.raises(ValueError, match=r"^features must satisfy \|\|phi"):
+        LinearBTBandit(**(fields | dict(features=features * 1.5)))
+    rewards = bandit.rewards([0.5, -1.0, 2.0])
+    expected = torch.einsum("xkd,d->xk", bandit.features, t([0.5, -1.0, 2.0]))
+    assert rewards.dtype == F64 and torch.allclose(rewards, expected, rtol=1e-15, atol=0)
+
+
+def test_sample_preferences_replays_its_docstring():
+    """Contexts from d0, one action from each policy's row, label 1 when a float64 uniform is
+    below sigmoid(r*(x, a1) - r*(x, a2)), on the same stream."""
+    from gsfh_utils.sampling import sample_categorical
+
+    bandit = make_bandit(seed=3)
+    policy = bandit.optimal_policy()
+    prefs = bandit.sample_preferences(30, bandit.ref_probs, policy, generator(20), (2,))
+    replay = generator(20)
+    contexts = bandit.sample_contexts(30, replay, (2,))
+    first = sample_categorical(bandit.ref_probs[contexts], 1, replay).squeeze(-1)
+    second = sample_categorical(policy[contexts], 1, replay).squeeze(-1)
+    rewards = bandit.rewards()
+    margin = rewards[contexts, first] - rewards[contexts, second]
+    labels = torch.rand(margin.shape, dtype=F64, generator=replay) < torch.sigmoid(margin)
+    assert torch.equal(prefs.labels, labels.to(F64)) and torch.equal(prefs.second_actions, second)
+
+
+def test_preferences_without_a_batch_dimension_concat():
+    bandit = make_bandit()
+    first, second = (bandit.sample_preferences(n, bandit.ref_probs, bandit.ref_probs,
+                                               generator(n)) for n in (2, 3))
+    both = first.concat(second)
+    assert both.labels.shape == (5,) and both.feature_diffs.shape == (5, 3)
+    for name in ("contexts", "first_actions", "second_actions", "labels"):
+        assert torch.equal(getattr(both, name), torch.cat([getattr(first, name),
+                                                           getattr(second, name)]))

@@ -271,16 +271,16 @@ def test_bound_closed_forms():
 
 def test_offline_bad_inputs():
     bandit, theta_hat, sigma = small_problem(10)
-    with pytest.raises(ValueError, match="beta"):
+    with pytest.raises(ValueError, match="^beta"):
         offline.pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat, sigma=sigma,
                                               beta=-1.0)
-    with pytest.raises(ValueError, match="theta_hat"):
+    with pytest.raises(ValueError, match="^theta_hat"):
         offline.pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat[:2], sigma=sigma,
                                               beta=1.0)
-    with pytest.raises(ValueError, match="sigma"):
+    with pytest.raises(ValueError, match="^sigma"):
         offline.expected_pessimism_policy(bandit, theta_hat=theta_hat, sigma=sigma[:2, :2],
                                           beta=1.0)
-    with pytest.raises(ValueError, match="beta"):
+    with pytest.raises(ValueError, match="^beta"):
         offline.expected_pessimism_policy(bandit, theta_hat=theta_hat.expand(4, -1),
                                           sigma=sigma, beta=torch.ones(5))
     with pytest.raises(TypeError):  # estimates are keyword-only: no swapped arguments
@@ -310,15 +310,15 @@ def test_trap_instance_is_as_specified():
         assert torch.allclose((mu * trap.trap_mask).sum(-1),
                               torch.full((6,), mass, dtype=torch.float64))
     assert torch.allclose(trap.behaviour(2 / 7), torch.full((6, 7), 1 / 7, dtype=torch.float64))
-    with pytest.raises(ValueError, match="trap_mass"):
+    with pytest.raises(ValueError, match="^trap_mass"):
         trap.behaviour(1.5)
     shape = dict(num_contexts=6, num_actions=7, dim=5, norm_bound=4.0, eta=0.5,
                  generator=generator)
-    with pytest.raises(ValueError, match="num_traps"):
+    with pytest.raises(ValueError, match="^num_traps"):
         offline.trap_instance(**shape, num_traps=7, trap_weight=3.0)
-    with pytest.raises(ValueError, match="trap_weight"):
+    with pytest.raises(ValueError, match="^trap_weight"):
         offline.trap_instance(**shape, num_traps=2, trap_weight=5.0)
-    with pytest.raises(ValueError, match="family"):
+    with pytest.raises(ValueError, match="^family"):
         offline.trap_instance(**shape, num_traps=2, trap_weight=3.0, reference="gauss")
     zipf = offline.trap_instance(**shape, num_traps=2, trap_weight=3.0, reference="zipf")
     assert torch.allclose((zipf.bandit.ref_probs * zipf.trap_mask).sum(-1),
@@ -413,7 +413,7 @@ def test_grid_helpers_are_deterministic():
     for field in ("theta_hat", "sigma", "error_sigma", "error_euclid", "bootstrap_radius"):
         assert torch.equal(getattr(one, field), getattr(fits, field)[:, 1:].clone())
     assert torch.equal(fits.at_size(20).theta_hat, fits.theta_hat[:, :1])
-    with pytest.raises(ValueError, match="size"):
+    with pytest.raises(ValueError, match="^size"):
         fits.at_size(30)
 
 
@@ -475,7 +475,7 @@ def test_trap_instance_from_its_docstring():
 def test_trap_instance_bad_input(changes, match):
     arguments = dict(num_contexts=2, num_actions=4, dim=3, num_traps=1, norm_bound=2.0,
                      trap_weight=1.0, eta=0.5, generator=torch.Generator())
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^{match}"):
         offline.trap_instance(**{**arguments, **changes})
 
 

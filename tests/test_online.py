@@ -193,12 +193,12 @@ def test_enhancer_bad_input():
                                scales=(0.0, 1.0))
     with pytest.raises(ValueError, match="^beta must"):
         online.enhancer_policy(instance, main, sigma=sigma, beta=0.0, generator=generator)
-    with pytest.raises(ValueError, match="scales"):
+    with pytest.raises(ValueError, match="^scales"):
         online.enhancer_policy(instance, main, sigma=sigma, beta=1.0, generator=generator,
                                scales=(1.0, -2.0))
-    with pytest.raises(ValueError, match="main"):
+    with pytest.raises(ValueError, match="^main"):
         online.enhancer_policy(instance, main[0], sigma=sigma, beta=1.0, generator=generator)
-    with pytest.raises(ValueError, match="generator"):
+    with pytest.raises(ValueError, match="^generator"):
         online.enhancer_policy(instance, main, sigma=sigma, beta=1.0, generator=0)
 
 
@@ -425,7 +425,7 @@ def test_run_online_bad_input(kwargs, match):
     arguments = dict(method="enhancer", num_batches=2, batch_size=5, num_seeds=2,
                      generator=torch.Generator().manual_seed(0), beta=1.0, reg=1.0)
     arguments.update(kwargs)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^{match}"):
         online.run_online(instance, **arguments)
 
 
@@ -558,7 +558,7 @@ def test_undercovered_instance_from_its_docstring():
 def test_undercovered_instance_bad_input(changes, match):
     arguments = dict(num_contexts=2, num_actions=4, dim=4, num_rare=1, rare_mass=0.1,
                      norm_bound=1.0, eta=0.1, generator=torch.Generator(), rare_weight=0.8)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^{match}"):
         online.undercovered_instance(**{**arguments, **changes})
 
 

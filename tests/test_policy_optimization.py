@@ -175,5 +175,104 @@ def test_bad_inputs_raise_value_errors_naming_the_argument(change, match):
     psi, ref, rewards, _ = _problem(9)
     arguments = dict(rewards=rewards, ref_probs=ref, eta=0.5, policy_features=psi)
     arguments.update(change)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^{match}"):
         po.optimize_policy(arguments.pop("rewards"), **arguments)
+
+
+# --- messages, shapes and the closed form's record (in answer to mutation testing) -------------
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(policy_features=torch.ones(6, 5)),
+     "policy_features must have shape [..., X, K, d'] with d' >= 1, got (6, 5)"),
+    (dict(policy_features=torch.ones(3, 6, 5, 0)),
+     "policy_features must have shape [..., X, K, d'] with d' >= 1, got (3, 6, 5, 0)"),
+    (dict(policy_features=torch.full((3, 6, 5, 2), float("nan"))),
+     "policy_features must be finite"),
+    (dict(ref_probs=torch.full((4, 5), 0.2)),
+     "ref_probs (shape (4, 5)) and rewards (shape (3, 6, 5)) must have the same number of "
+     "actions and broadcastable leading dimensions"),
+    (dict(initial_w=torch.zeros(2)), "initial_w (shape (2,)) must broadcast against (3, 3)"),
+    (dict(policy_features=None),
+     "policy_features is required by the log-linear class and unused by the tabular one"),
+    (dict(context_weights=torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, float("nan")])),
+     "context_weights must be finite and non-negative"),
+    (dict(context_weights=torch.zeros(6)),
+     "context_weights must have a positive sum for every problem"),
+])
+def test_bad_inputs_are_described_in_full(change, message):
+    import re
+
+    psi, ref, rewards, _ = _problem(9)
+    arguments = dict(ref_probs=ref, eta=0.5, policy_features=psi) | change
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        po.optimize_policy(rewards, **arguments)
+    with pytest.raises(ValueError, match="^ref_probs must sum to 1"):
+        po.log_linear_policy(2 * ref, policy_features=psi, w=torch.zeros(3))
+
+
+def test_one_problem_without_a_batch_and_a_shared_parameter():
+    """Rewards [X, K] with features [X, K, d'] (no batch dimension) are one problem, solved as
+    the first problem of a batch; log_linear_policy with one w [d'] shared by a batch of
+    features is pi0 exp(<w, psi>) normalised, written out by hand."""
+    psi, ref, rewards, generator = _problem(10, scale=2.0)
+    weights = torch.rand(6, dtype=torch.float64, generator=generator)
+    single = po.optimize_policy(rewards[0], ref_probs=ref[0], eta=0.5, policy_features=psi[0],
+                                context_weights=weights)
+    batched = po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=psi,
+                                 context_weights=weights)
+    assert single.policy.shape == (6, 5) and single.w.shape == (3,)
+    assert isinstance(single.iterations, int) and single.iterations >= 1
+    assert torch.allclose(single.w, batched.w[0], atol=1e-8)
+    objective = po.policy_objective(single.policy, rewards=rewards[0], ref_probs=ref[0], eta=0.5,
+                                    context_weights=weights)
+    assert objective.shape == () and objective.item() == pytest.approx(single.objective.item(),
+                                                                       rel=1e-12)
+    # iterations counts the steps taken: that many steps are enough
+    again = po.optimize_policy(rewards[0], ref_probs=ref[0], eta=0.5, policy_features=psi[0],
+                               context_weights=weights, max_iter=single.iterations)
+    assert torch.equal(again.w, single.w)
+    w = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64)
+    tilted = ref * torch.exp((psi * w).sum(-1))
+    torch.testing.assert_close(po.log_linear_policy(ref, policy_features=psi, w=w),
+                               tilted / tilted.sum(-1, keepdim=True), rtol=1e-13, atol=0)
+
+
+def test_tabular_answer_records_its_logits_and_a_zero_gradient():
+    """The closed form: w = log pi - log pi0 on the support of pi0 and 0 outside it, a zero
+    gradient norm, no iteration."""
+    _, ref, rewards, _ = _problem(11)
+    ref = ref.clone()
+    ref[0, 0, 1] = ref[2, 3, 4] = 0.0
+    ref = ref / ref.sum(-1, keepdim=True)
+    fit = po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_class="tabular")
+    gibbs = gibbs_policy(ref, rewards, 0.5)
+    expected = torch.where(ref > 0, torch.log(gibbs) - torch.log(ref), torch.zeros(()))
+    assert torch.allclose(fit.w, expected, atol=1e-12)
+    assert fit.w[0, 0, 1] == 0 and fit.w[2, 3, 4] == 0
+    assert torch.equal(fit.grad_norm, torch.zeros(3, dtype=torch.float64))
+    assert fit.iterations == 0
+
+
+def test_chunks_of_the_batch_are_solved_independently(monkeypatch):
+    """Four problems split into chunks of one (a tiny cache budget) give the unchunked answers."""
+    psi, ref, rewards, _ = _problem(12, batch=4, prompts=2)
+    whole = po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=psi)
+    monkeypatch.setattr(po, "CHUNK_BYTES", 1)
+    chunked = po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=psi)
+    assert torch.allclose(chunked.w, whole.w, atol=1e-12)
+    assert torch.allclose(chunked.policy, whole.policy, atol=1e-12)
+    assert chunked.iterations == whole.iterations
+
+
+def test_one_unweighted_problem_and_its_objective():
+    """Without context weights the prompts weigh 1/X each, batched or not; policy_objective of
+    one problem [X, K] is a number, the fit's objective."""
+    psi, ref, rewards, _ = _problem(13)
+    single = po.optimize_policy(rewards[0], ref_probs=ref[0], eta=0.5, policy_features=psi[0])
+    uniform = po.optimize_policy(rewards[0], ref_probs=ref[0], eta=0.5, policy_features=psi[0],
+                                 context_weights=torch.ones(6))
+    assert torch.allclose(single.w, uniform.w, atol=1e-12)
+    objective = po.policy_objective(single.policy, rewards=rewards[0], ref_probs=ref[0], eta=0.5)
+    assert objective.shape == () and objective.item() == pytest.approx(single.objective.item(),
+                                                                       rel=1e-12)

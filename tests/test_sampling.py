@@ -152,7 +152,7 @@ def test_refuses_an_astronomically_small_acceptance_rate():
     ref = t([1 - 1e-12, 1e-12])
     rewards = t([0.0, 1.0])
     assert acceptance_rate(ref, rewards, 1e-3).item() < 1e-11
-    with pytest.raises(ValueError, match="eta is too small"):
+    with pytest.raises(ValueError, match="^eta is too small"):
         rejection_sample(ref, rewards, 1e-3, 10, generator(0))
     # the threshold is on the expected number of proposals, per row of a batch
     batch_ref = torch.stack([t([0.5, 0.5]), ref])
@@ -171,13 +171,13 @@ def test_a_rate_just_inside_the_limit_is_sampled():
 
 @pytest.mark.parametrize("num_samples", [0, -3, 2.0, True, "10", None])
 def test_bad_num_samples(num_samples):
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="^num_samples"):
         rejection_sample(REF, REWARDS, 1.0, num_samples, generator(0))
 
 
 @pytest.mark.parametrize("bad_generator", [None, 42, "seed"])
 def test_generator_must_be_explicit(bad_generator):
-    with pytest.raises(ValueError, match="generator"):
+    with pytest.raises(ValueError, match="^generator"):
         rejection_sample(REF, REWARDS, 1.0, 10, bad_generator)
 
 
@@ -273,15 +273,15 @@ def test_rso_bad_inputs():
     generator = torch.Generator().manual_seed(2)
     ref = torch.full((2, 4), 0.25, dtype=torch.float64)
     rewards = torch.zeros(2, 4, dtype=torch.float64)
-    with pytest.raises(ValueError, match="pool_size"):
+    with pytest.raises(ValueError, match="^pool_size"):
         sampling.rso_sample(ref, rewards, 1.0, 5, 4, generator)
-    with pytest.raises(ValueError, match="pool_size"):
+    with pytest.raises(ValueError, match="^pool_size"):
         sampling.rso_select(rewards, 5, 1.0, generator)
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="^num_samples"):
         sampling.rso_sample(ref, rewards, 1.0, 0, 4, generator)
-    with pytest.raises(ValueError, match="eta"):
+    with pytest.raises(ValueError, match="^eta"):
         sampling.rso_select(rewards, 2, 0.0, generator)
-    with pytest.raises(ValueError, match="generator"):
+    with pytest.raises(ValueError, match="^generator"):
         sampling.rso_sample(ref, rewards, 1.0, 1, 4, None)
 
 
@@ -348,11 +348,11 @@ def test_multi_step_bad_inputs():
     generator = torch.Generator().manual_seed(5)
     ref = torch.full((4,), 0.25, dtype=torch.float64)
     rewards = torch.zeros(4, dtype=torch.float64)
-    with pytest.raises(ValueError, match="proposal"):
+    with pytest.raises(ValueError, match="^proposal"):
         sampling.multi_step_rejection_sample(ref, rewards, [1.0, 0.5], 10, generator, "mcmc")
-    with pytest.raises(ValueError, match="etas"):
+    with pytest.raises(ValueError, match="^etas"):
         sampling.multi_step_rejection_sample(ref, rewards, [0.5, 1.0], 10, generator)
-    with pytest.raises(ValueError, match="etas"):
+    with pytest.raises(ValueError, match="^etas"):
         sampling.multi_step_rejection_sample(ref, rewards, [], 10, generator)
 
 
@@ -366,9 +366,9 @@ def test_sample_categorical_is_multinomial_per_row_with_the_batch_shape():
     one_hot = torch.zeros(4, dtype=torch.float64)
     one_hot[2] = 1.0
     assert torch.all(sampling.sample_categorical(one_hot, 9, torch.Generator()) == 2)
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="^num_samples"):
         sampling.sample_categorical(probs, 0, torch.Generator())
-    with pytest.raises(ValueError, match="probs"):
+    with pytest.raises(ValueError, match="^probs"):
         sampling.sample_categorical(-probs, 3, torch.Generator())
 
 
@@ -394,3 +394,115 @@ def test_rso_bias_against_its_draws_replayed():
     expected_tv = 0.5 * (law - target).abs().sum(-1).mean()
     assert torch.allclose(deficit, expected_deficit, atol=1e-12)
     assert tv.item() == pytest.approx(expected_tv.item(), abs=1e-12)
+
+
+# --- replays and messages (in answer to mutation testing) --------------------------------------
+
+
+@pytest.mark.parametrize("proposal", ["empirical", "gibbs"])
+def test_multi_step_replays_its_docstring(proposal):
+    """Stage k: rejection_sample from the current proposal at the stage temperature, then the
+    proposal becomes the stage's empirical law ("empirical") or the exact pi_{eta_k} ("gibbs");
+    the total counts num_samples / rate per stage. One context (a 1-d pi0), on the same stream."""
+    generator = torch.Generator().manual_seed(7)
+    ref = torch.softmax(torch.randn(6, dtype=torch.float64, generator=generator), -1)
+    rewards = torch.randn(6, dtype=torch.float64, generator=generator)
+    schedule = [1.0, 0.4, 0.2]
+    samples, rates, total = sampling.multi_step_rejection_sample(
+        ref, rewards, schedule, 50, torch.Generator().manual_seed(8), proposal=proposal)
+    replay, current, expected_total = torch.Generator().manual_seed(8), ref, 0.0
+    temperatures = sampling.stage_temperatures(schedule).tolist()
+    for stage, (eta_k, temperature) in enumerate(zip(schedule, temperatures, strict=True)):
+        draws, rate = sampling.rejection_sample(current, rewards, temperature, 50, replay)
+        assert rates[stage].item() == rate.item()
+        expected_total += 50 / rate.item()
+        current = (gu.gibbs_policy(ref, rewards, eta_k) if proposal == "gibbs"
+                   else torch.bincount(draws, minlength=6).to(torch.float64) / 50)
+    assert torch.equal(samples, draws)
+    assert total.item() == pytest.approx(expected_total, rel=1e-12)
+
+
+def test_samplers_name_their_bad_arguments():
+    generator = torch.Generator().manual_seed(9)
+    ref = torch.full((2, 4), 0.25, dtype=torch.float64)
+    rewards = torch.zeros(2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^pool_size \(4\) must be at least num_samples \(5\): "
+                                         r"RSO samples without replacement from the pool$"):
+        sampling.rso_sample(ref, rewards, 1.0, 5, 4, generator)
+    with pytest.raises(ValueError, match=r"^pool_size \(4\) must be at least num_samples \(5\): "
+                                         r"RSO samples without replacement from the pool$"):
+        sampling.rso_select(rewards, 5, 1.0, generator)
+    with pytest.raises(ValueError, match="^num_samples must be a positive integer"):
+        sampling.rso_select(rewards, 0, 1.0, generator)
+    with pytest.raises(ValueError, match="^pool_rewards must be finite"):
+        sampling.rso_select(rewards * math.nan, 1, 1.0, generator)
+    with pytest.raises(ValueError, match="^pool_size must be a positive integer"):
+        sampling.rso_sample(ref, rewards, 1.0, 1, 0, generator)
+    with pytest.raises(ValueError, match="^num_samples must be a positive integer"):
+        sampling.multi_step_rejection_sample(ref, rewards, [1.0], 0, generator)
+    with pytest.raises(ValueError, match="^num_runs must be a positive integer"):
+        sampling.rso_bias(ref, rewards, 1.0, num_samples=1, pool_size=2, num_runs=0,
+                          generator=generator)
+    for sampler in (lambda probs: sampling.rso_sample(probs, rewards, 1.0, 1, 2, generator),
+                    lambda probs: sampling.multi_step_rejection_sample(probs, rewards, [1.0], 2,
+                                                                       generator),
+                    lambda probs: sampling.rso_bias(probs, rewards, 1.0, num_samples=1,
+                                                    pool_size=2, num_runs=1,
+                                                    generator=generator)):
+        with pytest.raises(ValueError, match="^ref_probs must"):
+            sampler(-ref)
+
+
+def test_rso_sample_broadcasts_a_shared_reference_against_batched_rewards():
+    """pi0 [K] with rewards [B, K]: one pool per row of the broadcast shape."""
+    ref = torch.full((4,), 0.25, dtype=torch.float64)
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 9.0], [9.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    draws = sampling.rso_sample(ref, rewards, 0.01, 1, 64, torch.Generator().manual_seed(10))
+    assert draws.shape == (2, 1) and draws.flatten().tolist() == [3, 0]
+
+
+def test_refusal_message_states_the_rate_and_the_expected_proposals():
+    import re
+
+    ref = torch.tensor([1 - 1e-12, 1e-12], dtype=torch.float64)
+    rewards = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    rate = acceptance_rate(ref, rewards, 1e-3).item()
+    message = (f"eta is too small for one-step rejection: acceptance rate {rate:.3g} needs about "
+               f"{10 / rate:.3g} proposals; use multi-step rejection sampling through a "
+               "decreasing eta schedule")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        rejection_sample(ref, rewards, 1e-3, 10, torch.Generator().manual_seed(0))
+
+
+def test_measured_rate_counts_the_proposals_of_every_round():
+    """1024 rows at acceptance rate 0.01 and 60 draws each: a round holds at most 2^22 / 1024 + 1
+    proposals per row, fewer than the 6000 a row needs on average, so most rows take two rounds;
+    the measured rate (float64) must still average to the exact rate (within 5%: the mean of 1024
+    ratios with about 60 acceptances each has a relative standard deviation near 0.4%)."""
+    ref = torch.tensor([0.99, 0.01], dtype=torch.float64).expand(1024, 2)
+    rewards = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    samples, rates = rejection_sample(ref, rewards, 0.01, 60, torch.Generator().manual_seed(1))
+    exact = acceptance_rate(ref[0], rewards, 0.01).item()
+    assert rates.dtype == torch.float64 and rates.shape == (1024,)
+    assert abs(rates.mean().item() / exact - 1) < 0.05
+    assert (samples == 1).all()
+
+
+def test_schedules_reject_bad_stages_and_name_them():
+    """Stages must be positive, finite and strictly decreasing; a geometric schedule needs
+    0 < eta_end <= eta_start < inf (equal ends give one repeated value) and a positive count."""
+    for etas in ([1.0, 0.0], [1.0, math.nan]):
+        with pytest.raises(ValueError, match="^etas must be a non-empty sequence of positive"):
+            sampling.stage_temperatures(etas)
+    for etas in ([1.0, 1.0], [1.0, 0.5, 0.7]):
+        with pytest.raises(ValueError, match="^etas must be strictly decreasing"):
+            sampling.stage_temperatures(etas)
+    assert sampling.geometric_schedule(0.5, 0.5, 1).tolist() == [0.5]
+    assert sampling.stage_temperatures([1.0, 0.3]).dtype == torch.float64  # a list of floats
+    for start, end in [(1.0, 0.0), (math.inf, 0.5)]:
+        with pytest.raises(ValueError, match="^need 0 < eta_end <= eta_start < inf"):
+            sampling.geometric_schedule(start, end, 2)
+    with pytest.raises(ValueError, match="^num_stages must be a positive integer"):
+        sampling.geometric_schedule(1.0, 0.5, 0)
+    with pytest.raises(ValueError, match="^ref_probs must"):
+        sampling.multi_step_acceptance_rates(torch.tensor([0.5, -0.5]), torch.zeros(2), [1.0])
