@@ -730,6 +730,28 @@ def test_the_concave_envelope_bounds_a_concave_curve_from_above():
     assert edge["concave_value"] == edge["value"]  # no neighbouring segment: the chord
 
 
+def test_the_envelope_never_falls_below_the_chord_on_non_concave_points():
+    from gsfh_utils.lm.experiment import interpolate
+
+    # A step (0, 0), (1, 0), (2, 1), (3, 1): at 1.5 the chord is 0.5, the left segment's line 0,
+    # the right one's 1; min(lines) = 0 lies below the chord, so max(chord, min(lines)) = chord.
+    step = interpolate(kls=[0.0, 1.0, 2.0, 3.0], values=[0.0, 0.0, 1.0, 1.0],
+                       standard_errors=[0.1, 0.2, 0.3, 0.4], at=1.5)
+    assert step["value"] == pytest.approx(0.5)
+    assert (step["concave_value"], step["concave_standard_error"]) == pytest.approx(
+        (step["value"], step["standard_error"]))
+    # Convex points k^2: both lines lie below the chord, which is kept.
+    convex = interpolate(kls=[0.0, 1.0, 2.0, 3.0], values=[0.0, 1.0, 4.0, 9.0],
+                         standard_errors=[0.1] * 4, at=1.5)
+    assert convex["value"] == pytest.approx(2.5) and convex["concave_value"] == pytest.approx(2.5)
+    # One line above, one below the chord (a kink): the chord again, never the lower line.
+    kink = interpolate(kls=[0.0, 1.0, 2.0, 3.0], values=[0.0, 1.0, 1.5, 3.0],
+                       standard_errors=[0.1] * 4, at=1.5)
+    lines = [1.5, 1.5 - 0.5 * 1.5]  # (0,0)-(1,1) at 1.5; (2,1.5)-(3,3) at 1.5
+    assert kink["value"] == pytest.approx(1.25)
+    assert kink["concave_value"] == pytest.approx(max(1.25, min(lines)))
+
+
 def test_evaluate_policy_on_given_responses_matches_drawing_them():
     language, policy = tiny_language(2), tiny_policy(1, vocab_size=3, max_len=4, num_prompts=2)
     reference = tiny_policy(2, vocab_size=3, max_len=4, num_prompts=2)

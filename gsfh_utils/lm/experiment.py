@@ -574,9 +574,12 @@ def interpolate(*, kls, values, standard_errors, at: float) -> dict:
     extrapolation: the nearest endpoint is returned with ``inside = False``. Returns ``value``,
     ``standard_error``, ``inside``, ``lower``, ``upper`` (indices of the neighbours into the
     inputs), ``weight`` (``w``), ``slope``, and ``concave_value`` with its
-    ``concave_standard_error``: the smallest of the neighbouring segments' lines extended to
-    ``at``, which bounds a *concave* curve from above where the chord bounds it from below (the
-    chord itself where no neighbouring segment exists)."""
+    ``concave_standard_error``: ``max(chord, min(lines))``, the larger of the chord and the
+    smallest of the neighbouring segments' lines extended to ``at``. For concave points the lines
+    lie above the chord and their minimum bounds a concave curve through the points from above
+    (the chord bounds it from below); for non-concave points a line can fall below the chord, and
+    the chord is kept, so the value is never below the chord (the chord itself where no
+    neighbouring segment exists)."""
     kls, values, errors = (torch.as_tensor(x, dtype=torch.float64).reshape(-1)
                            for x in (kls, values, standard_errors))
     if not kls.numel() >= 2 or kls.shape != values.shape or kls.shape != errors.shape:
@@ -602,14 +605,17 @@ def interpolate(*, kls, values, standard_errors, at: float) -> dict:
     error = math.hypot((1 - weight) * errors[lower].item(), weight * errors[upper].item())
     concave = (value, error)
     if inside:
-        lines = [(order[i - 1], order[i]) for i in (upper_position - 1, upper_position + 1)
-                 if 1 <= i < kls.numel()]
-        for first, second in lines:  # the line through (first, second) evaluated at ``at``
-            t = ((at - kls[second]) / (kls[second] - kls[first])).item()
-            extended = ((1 + t) * values[second] - t * values[first]).item()
-            if extended < concave[0] or concave == (value, error):
-                concave = (extended, math.hypot(t * errors[first].item(),
-                                                (1 + t) * errors[second].item()))
+        lines = []  # the neighbouring segments' lines through (first, second), at ``at``
+        for i in (upper_position - 1, upper_position + 1):
+            if 1 <= i < kls.numel():
+                first, second = order[i - 1], order[i]
+                t = ((at - kls[second]) / (kls[second] - kls[first])).item()
+                line = ((1 + t) * values[second] - t * values[first]).item()
+                lines.append((line, math.hypot(t * errors[first].item(),
+                                               (1 + t) * errors[second].item())))
+        lowest = min(lines, default=concave)
+        if lowest[0] > value:  # max(chord, min(lines)): never below the chord
+            concave = lowest
     return {"value": value, "standard_error": error, "inside": inside, "lower": lower,
             "upper": upper, "weight": weight, "slope": slope, "concave_value": concave[0],
             "concave_standard_error": concave[1]}
@@ -621,7 +627,8 @@ def matched_kl_test(run: dict, *, kl: str = "kl_k1", alternative: str = "greater
     linearly interpolated at ``method``'s KL (``kl``: ``"kl_k1"`` or ``"kl_k3"``); the standard
     error combines the method's with the interpolated one (``interpolate``). The chord lies
     below a concave curve, which favours ``method``; ``envelope=True`` compares with the
-    neighbouring segments' lines instead, which lie above it (a conservative comparison).
+    neighbouring segments' lines instead, ``max(chord, min(lines))`` (``interpolate``): above a
+    concave curve, so conservative when the curve's points are concave; never below the chord.
     Beyond the curve's range the comparison is with its nearest endpoint (``details["inside"]``
     is False). The noise of the KL coordinates is not propagated; ``details["kl_noise"]`` is its
     first-order size, ``|slope| * se(KL)``."""
