@@ -854,6 +854,9 @@ def test_compare_over_seeds_on_held_out_prompts():
 
 
 def test_comparisons_table_rows_are_the_seed_level_tests():
+    import numpy as np
+    from scipy import stats as scipy_stats
+
     from gsfh_utils.lm import experiment as mini
 
     curve = [(1.0, (0.8, 1.2, 2.0)), (0.5, (1.0, 1.4, 4.0))]
@@ -863,7 +866,13 @@ def test_comparisons_table_rows_are_the_seed_level_tests():
     for row, baseline in zip(table.itertuples(index=False), ("offline_dpo", "sft"), strict=True):
         test = mini.compare_over_seeds(runs, method="gshf", baseline=baseline)
         assert row[1] == mini.METHODS[baseline]
-        assert (row[2], row[3]) == pytest.approx((test.effect, test.p_value))
+        assert (row[2], row[5]) == pytest.approx((test.effect, test.p_value))
+        effects = test.details["per_seed_effects"]
+        half = scipy_stats.t.ppf(0.975, 1) * scipy_stats.sem(effects)
+        assert (row[3], row[4]) == pytest.approx((np.mean(effects) - half, np.mean(effects) + half))
+        # two seeds: the sign-flip p-value is the share of the 4 assignments at least as large
+        flips = [(a * effects[0] + b * effects[1]) / 2 for a in (1, -1) for b in (1, -1)]
+        assert row[6] == pytest.approx(np.mean([f >= np.mean(effects) - 1e-12 for f in flips]))
     with pytest.raises(ValueError, match="pairs"):
         mini.comparisons_table(runs, [])
     # The matched-KL test of another method: offline DPO lies on its own curve (difference 0).

@@ -524,7 +524,9 @@ def over_seeds(tests: list[stats.TestResult], alternative: str = "greater", *,
     which counts the training randomness (the language, pi0, the data and every method's
     training differ from seed to seed). ``details`` keeps the per-seed differences and p-values,
     the p-value of "in every seed" (``stats.every``, the intersection-union test), the number of
-    seeds whose own test is at or below ``level`` in either direction, and the fixed-effect
+    seeds whose own test is at or below ``level`` in either direction, the 95% Student-t
+    interval of the mean difference (``ci95``), the exact sign-flip p-value (``stats.
+    sign_flip_test``, free of the t-test's normality; up to 20 seeds), and the fixed-effect
     z-test of the mean difference (``sqrt(sum se_i^2) / S``: conditional on the trained policies,
     so it ignores the training randomness and overstates the evidence for the method)."""
     if len(tests) < 2:
@@ -533,6 +535,7 @@ def over_seeds(tests: list[stats.TestResult], alternative: str = "greater", *,
     spread = math.sqrt(sum(t.details["standard_error"] ** 2 for t in tests)) / len(tests)
     fixed = stats.z_test(sum(effects) / len(tests), 0.0, spread, alternative)
     across = stats.mean_test(effects, 0.0, alternative)
+    _, low, high = stats.mean_interval(effects, level=0.95)
     opposite = "less" if alternative == "greater" else "greater"
     below = sum(stats.z_test(t.effect, 0.0, t.details["standard_error"], opposite).p_value
                 <= level for t in tests)
@@ -540,7 +543,9 @@ def over_seeds(tests: list[stats.TestResult], alternative: str = "greater", *,
                "per_seed_p_values": [t.p_value for t in tests],
                "every_seed_p_value": stats.every(tests, "seeds").p_value,
                "seeds_significant": sum(t.p_value <= level for t in tests),
-               "seeds_significant_opposite": below, "fixed_effect_p_value": fixed.p_value}
+               "seeds_significant_opposite": below, "fixed_effect_p_value": fixed.p_value,
+               "ci95": [low, high], "sign_flip_p_value": stats.sign_flip_test(
+                   effects, 0.0, alternative).p_value if len(effects) <= 20 else None}
     return stats.TestResult(f"one-sample t-test of the per-seed differences ({tests[0].test} "
                             "within each seed)", across.p_value, across.effect,
                             f"mean {tests[0].effect_name}", len(tests), details)
@@ -774,15 +779,18 @@ def comparisons_frame(runs: list[dict], method: str = "gshf",
 def comparisons_table(runs: list[dict], pairs, *, prompts: str = "evaluations",
                       level: float = 0.01) -> pd.DataFrame:
     """One row per ``(method, baseline)`` of ``pairs``: ``compare_over_seeds`` of their gold
-    rewards on ``prompts`` (one-sided, ``method`` larger), with the mean difference, the
-    seed-level p-value and the number of seeds whose own test is at or below ``level`` in each
-    direction."""
+    rewards on ``prompts`` (one-sided, ``method`` larger), with the mean difference and its 95%
+    t-interval, the seed-level p-value, the exact sign-flip p-value and the number of seeds
+    whose own test is at or below ``level`` in each direction."""
     rows = []
     for method, baseline in pairs:
         test = compare_over_seeds(runs, method=method, baseline=baseline, level=level,
                                   prompts=prompts)
         rows.append({"method": METHODS[method], "baseline": METHODS[baseline],
-                     "mean gold difference": test.effect, "seed-level p-value": test.p_value,
+                     "mean gold difference": test.effect,
+                     "95% CI low": test.details["ci95"][0], "95% CI high": test.details["ci95"][1],
+                     "seed-level p-value": test.p_value,
+                     "sign-flip p-value": test.details["sign_flip_p_value"],
                      "seeds significant": test.details["seeds_significant"],
                      "seeds significant, opposite": test.details["seeds_significant_opposite"]})
     if not rows:
