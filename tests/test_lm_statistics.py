@@ -32,3 +32,35 @@ def test_sign_flip_test_closed_forms_and_bad_input():
         stats.sign_flip_test(list(range(21)))
     with pytest.raises(ValueError, match="alternative"):
         stats.sign_flip_test([1.0, 2.0], alternative="up")
+
+
+def test_length_iterations_figure_plots_rounds_and_gains_over_pi0():
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    from gsfh_utils.lab import plotting
+
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 2.0)):  # the gains are the same in both seeds
+        rows.append({"seed": seed, "method": "sft", "length": 3.0, "gold": shift,
+                     "proxy": 10 + shift})
+        for number in (1, 2):
+            rows.append({"seed": seed, "method": "offline_dpo_rounds", "round": number,
+                         "length": 3.0 + number, "gold": shift + 0.1 * number,
+                         "proxy": 10 + shift + number})
+        for method, slope in (("gshf_path", 1.0), ("gshf_pi0_path", 0.5)):
+            for iteration in (0, 1):
+                rows.append({"seed": seed, "method": method, "iteration": iteration,
+                             "length": 4.0 + slope * iteration, "gold": shift + 0.2 * iteration,
+                             "proxy": 10 + shift + 2 * iteration})
+    for method in ("rso", "multi_step_rs"):
+        rows.append({"seed": 0, "method": method, "length": 7.0, "gold": 0.0, "proxy": 0.0})
+    fig = plotting.length_iterations_figure(pd.DataFrame(rows))
+    left, right = fig.axes
+    gshf_gold = [line for line in right.containers if line.get_label() == "GSHF-DPO gold"][0]
+    assert list(gshf_gold.lines[0].get_ydata()) == pytest.approx([0.0, 0.0, 0.2])
+    assert list(gshf_gold.lines[0].get_xdata()) == [0, 1, 2]
+    offline = [c for c in left.containers if c.get_label().startswith("offline DPO")][0]
+    assert list(offline.lines[0].get_ydata()) == pytest.approx([3.0, 4.0, 5.0])
+    matplotlib.pyplot.close(fig)

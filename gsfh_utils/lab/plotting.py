@@ -494,35 +494,50 @@ def reward_kl_plane_figure(frame, *, eta: float):
     return fig
 
 
+def _lm_rounds(frame, method: str):
+    """pi0 (round 0) then ``method``'s policies by DPO round, per seed: ``offline_dpo_rounds``
+    (offline DPO at eta after each round) or a path (``gshf_path``, ``gshf_pi0_path``: round 1 is
+    the shared start)."""
+    if method == "offline_dpo_rounds":
+        part = frame[frame["method"].isin(["sft", method])]
+        part = part.assign(round=part["round"].where(part["method"] == method, 0))
+    else:
+        part = _lm_path(frame, method)
+        part = part.assign(round=part["iteration"] + 1)
+    return part.sort_values(["seed", "round"])
+
+
 def length_iterations_figure(frame):
-    """Over GSHF's path (pi0, start, iterates): the mean response length (left, with the mean
-    lengths of offline DPO, RSO and multi-step RS for reference), and the gold and proxy rewards
-    of the policy's responses (right); thin lines per seed, markers and bars: mean ± std."""
+    """By DPO round (0: pi0; 1: offline DPO after one round, GSHF's start), for offline DPO at
+    eta, GSHF-DPO and its variant with pairs from pi0: the mean response length (left; RSO and
+    multi-step RS as lines), and the gains over pi0 of the gold and the proxy reward of the
+    policy's responses (right, per seed, then averaged). Markers and bars: mean ± std over
+    seeds."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    path = _lm_path(frame)
-    stages = sorted(path["iteration"].unique())
-    labels = [r"$\pi_0$", "start"] + [f"it {int(s)}" for s in stages[2:]]
-    for ax, columns in ((left, [("length", "GSHF-DPO", "C3", "o-")]),
-                        (right, [("gold", r"gold reward $r^\star$", "C3", "o-"),
-                                 ("proxy", r"proxy reward $\hat r$", "grey", "s--")])):
-        for column, label, color, style in columns:
-            for _, seed_part in path.groupby("seed"):
-                ax.plot(seed_part["iteration"], seed_part[column], color=color, alpha=0.25,
-                        lw=1)
-            summary = path.groupby("iteration")[column].agg(["mean", "std"])
+    sft = frame[frame["method"] == "sft"].set_index("seed")
+    paths = ((r"offline DPO at $\eta$ (gold pairs only)", "offline_dpo_rounds",
+              "offline_dpo_curve"),
+             (r"GSHF-DPO, pairs from $\pi_0$", "gshf_pi0_path", "gshf_pi0_path"),
+             ("GSHF-DPO", "gshf_path", "gshf_path"))
+    for label, method, style in paths:
+        part = _lm_rounds(frame, method)
+        color, marker = _LM_STYLE[style]
+        for ax, column, name, line in ((left, "length", "", "-"), (right, "gold", " gold", "-"),
+                                       (right, "proxy", " proxy", "--")):
+            values = part[column] - (0 if ax is left else part["seed"].map(sft[column]))
+            summary = values.groupby(part["round"]).agg(["mean", "std"])
             ax.errorbar(summary.index, summary["mean"], yerr=summary["std"].fillna(0),
-                        fmt=style, color=color, capsize=3, label=label)
-        ax.set_xticks(stages, labels)
-    for method, label, style in (("offline_dpo", r"offline DPO at $\eta$", ":"),
-                                 ("rso", "RSO", "--"), ("multi_step_rs", "multi-step RS", "-.")):
+                        fmt=line + marker, color=color, capsize=3, label=label + name)
+    for method, label, style in (("rso", "RSO", "--"), ("multi_step_rs", "multi-step RS", "-.")):
         left.axhline(frame.loc[frame["method"] == method, "length"].mean(), ls=style,
-                     color=_LM_STYLE["offline_dpo_curve" if method == "offline_dpo"
-                                     else method][0], label=label)
-    left.set(ylabel="mean response length (tokens)", title="Length over the iterations")
-    right.set(ylabel="mean reward of the policy's responses",
-              title="What the proxy pays for, and what gold pays for")
+                     color=_LM_STYLE[method][0], label=label)
     for ax in (left, right):
-        ax.legend(fontsize=9)
+        ax.set_xlabel(r"DPO round (0: $\pi_0$; 1: offline DPO after one round, GSHF's start)")
+        ax.legend(fontsize=8)
+    left.set(ylabel="mean response length (tokens)", title="Length over the rounds")
+    right.axhline(0, color="k", lw=0.5)
+    right.set(ylabel=r"reward gain over $\pi_0$ (same seed)",
+              title="Gains over pi0: proxy (dashed) and gold (solid)")
     fig.tight_layout()
     return fig
 
