@@ -875,6 +875,9 @@ def test_comparisons_table_rows_are_the_seed_level_tests():
         assert row[6] == pytest.approx(np.mean([f >= np.mean(effects) - 1e-12 for f in flips]))
     with pytest.raises(ValueError, match="pairs"):
         mini.comparisons_table(runs, [])
+    lengths = mini.comparisons_table(runs, [("gshf", "offline_dpo")], metric="length")
+    test = mini.compare_over_seeds(runs, method="gshf", baseline="offline_dpo", metric="length")
+    assert lengths["mean length difference"].item() == pytest.approx(test.effect)
     # The matched-KL test of another method: offline DPO lies on its own curve (difference 0).
     pooled = mini.matched_kl_over_seeds(runs, method="offline_dpo")
     assert pooled.details["per_seed_effects"] == pytest.approx([0.0, 0.0])

@@ -777,17 +777,17 @@ def comparisons_frame(runs: list[dict], method: str = "gshf",
 
 
 def comparisons_table(runs: list[dict], pairs, *, prompts: str = "evaluations",
-                      level: float = 0.01) -> pd.DataFrame:
+                      level: float = 0.01, metric: str = "gold") -> pd.DataFrame:
     """One row per ``(method, baseline)`` of ``pairs``: ``compare_over_seeds`` of their gold
-    rewards on ``prompts`` (one-sided, ``method`` larger), with the mean difference and its 95%
-    t-interval, the seed-level p-value, the exact sign-flip p-value and the number of seeds
-    whose own test is at or below ``level`` in each direction."""
+    rewards (or other ``metric``) on ``prompts`` (one-sided, ``method`` larger), with the mean
+    difference and its 95% t-interval, the seed-level p-value, the exact sign-flip p-value and
+    the number of seeds whose own test is at or below ``level`` in each direction."""
     rows = []
     for method, baseline in pairs:
         test = compare_over_seeds(runs, method=method, baseline=baseline, level=level,
-                                  prompts=prompts)
+                                  prompts=prompts, metric=metric)
         rows.append({"method": METHODS[method], "baseline": METHODS[baseline],
-                     "mean gold difference": test.effect,
+                     f"mean {metric} difference": test.effect,
                      "95% CI low": test.details["ci95"][0], "95% CI high": test.details["ci95"][1],
                      "seed-level p-value": test.p_value,
                      "sign-flip p-value": test.details["sign_flip_p_value"],
