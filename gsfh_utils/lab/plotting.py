@@ -587,10 +587,11 @@ def lm_rounds_figure(frame, *, budget, dpo_steps: int, pairs_per_iteration: int)
     return fig
 
 
-def win_rate_heatmap_figure(frame, *, labels: dict):
+def win_rate_heatmap_figure(frame, *, labels: dict, confidence: float = 0.95):
     """Gold win rate of each final policy (row) against each other (column), the mean over seeds
-    annotated with its confidence interval (``frame`` from ``experiment.win_rates_frame``;
-    ``labels``: method -> display name, in the order of the rows)."""
+    annotated with its confidence interval (``frame`` from ``experiment.win_rates_frame`` at
+    ``confidence``, which the title states; ``labels``: method -> display name, in the order of
+    the rows)."""
     names = [name for name in labels if name in set(frame["method"])]
     table = frame.pivot(index="method", columns="opponent", values="win_rate").reindex(
         index=names, columns=names)
@@ -603,7 +604,8 @@ def win_rate_heatmap_figure(frame, *, labels: dict):
                 xticklabels=[labels[n] for n in names], yticklabels=[labels[n] for n in names])
     ax.grid(False)
     ax.set(xlabel="against", ylabel="policy",
-           title="Gold win rates (mean over seeds, [t confidence interval]; seed as the unit)")
+           title=f"Gold win rates (mean over seeds, [{confidence:.0%} t interval]; seed as the "
+                 "unit)")
     fig.tight_layout()
     return fig
 

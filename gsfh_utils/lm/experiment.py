@@ -12,9 +12,12 @@ a (length-biased) bag-of-tokens proxy reward on them, and trains and evaluates e
   at ``eta * f`` for every ``f`` of ``frontier_factors``, which traces its reward-KL trade-off;
 - ``rso``: RSO pairs (``gsfh_utils.sampling.rso_select`` over a pool of ``rso_pool`` pi0
   responses per prompt, two accepted) labelled by the proxy, then DPO at ``eta``;
-- ``multi_step_rs``: exact rejection sampling through a decreasing schedule of ``eta``, each
-  stage proposing from the model distilled (by supervised learning) from the previous stage's
-  accepted draws, so that the last model approximates ``pi0 exp(r_proxy/eta)``;
+- ``multi_step_rs``: rejection sampling through a decreasing schedule of ``eta``, each stage
+  proposing from the model ``q`` distilled (by supervised learning) from the previous stage's
+  accepted draws (``q = pi0`` in the first): a stage's draws are exact for its own target
+  ``q exp(r_proxy/tau)`` (``tau`` from ``sampling.stage_temperatures``), not for
+  ``pi0 exp(r_proxy/eta_k)``, so the last model approximates ``pi0 exp(r_proxy/eta)`` only as far
+  as every distillation is exact;
 - ``gshf``: iterative GSHF-DPO, the hybrid variant: start from offline DPO after one round of
   ``dpo_steps`` steps; each of ``gshf_iterations`` iterations samples ``best_of_n`` responses per
   prompt from the current policy, pairs best-of-n against worst-of-n by the proxy, appends them
