@@ -485,7 +485,8 @@ def reward_kl_plane_figure(frame, *, eta: float):
                     label=label + " (mean)")
         ax.set(xlabel=rf"KL$(\pi\,\|\,\pi_0)$ per response, ${name}$ estimate (nats)",
                title=f"${name}$: " + ("unbiased, moderate variance" if name == "k_1" else
-                                      "unbiased, heavy-tailed at a few nats"))
+                                      "heavy-tailed at a few nats: a single estimate\nruns low "
+                                      "more often than not"))
     axes[0].set_ylabel("gold reward (mean over responses)")
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(rf"Gold reward against KL ($\eta = {eta:g}$; thin: each of "
@@ -533,6 +534,7 @@ def length_iterations_figure(frame):
                      color=_LM_STYLE[method][0], label=label)
     for ax in (left, right):
         ax.set_xlabel(r"DPO round (0: $\pi_0$; 1: offline DPO after one round, GSHF's start)")
+        ax.set_xticks(sorted(frame["round"].dropna().unique().tolist() + [0]))
         ax.legend(fontsize=8)
     left.set(ylabel="mean response length (tokens)", title="Length over the rounds")
     right.axhline(0, color="k", lw=0.5)
@@ -582,7 +584,8 @@ def lm_rounds_figure(frame, *, budget, dpo_steps: int, pairs_per_iteration: int)
                 title="Against gradient steps")
     axes[1].set(xlabel="preference pairs trained on (gold + proxy-labelled)",
                 title=f"Against pairs (every method: {gold_pairs} gold labels)")
-    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
