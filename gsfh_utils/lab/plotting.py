@@ -469,13 +469,14 @@ def reward_kl_plane_figure(frame, *, eta: float):
             mean = part.groupby(key, sort=False)[[kl, "gold"]].mean()
             ax.plot(mean[kl], mean["gold"], "-" + marker, color=color, ms=11 if key ==
                     "iteration" else 6, label=label + " (mean)")
-            for value, row in mean.iterrows():
-                text = (f"×{value:g}" if key == "factor" else
-                        "start" if value == 0 and style == "gshf_path" else
-                        f"it {value:g}" if value > 0 and style == "gshf_path" else None)
+            for value, row in mean.iterrows():  # the control's iterates above left, GSHF's below
+                text = (f"×{value:g}" if key == "factor" else "start" if value == 0 and
+                        style == "gshf_path" else f"it {value:g}" if value > 0 else None)
+                offset = ((-30, -4) if text == "start" else (-24, 7)
+                          if style == "gshf_pi0_path" else (5, -11))
                 if text:
                     ax.annotate(text, (row[kl], row["gold"]), textcoords="offset points",
-                                xytext=(5, -11), fontsize=8, color=color)
+                                xytext=offset, fontsize=8, color=color)
         for method, label in (("rso", "RSO"), ("multi_step_rs", "multi-step RS"),
                               ("sft", r"SFT ($\pi_0$)")):
             color, marker = _LM_STYLE[method]
