@@ -730,6 +730,28 @@ def test_the_concave_envelope_bounds_a_concave_curve_from_above():
     assert edge["concave_value"] == edge["value"]  # no neighbouring segment: the chord
 
 
+def test_the_envelope_never_falls_below_the_chord_on_non_concave_points():
+    from gsfh_utils.lm.experiment import interpolate
+
+    # A step (0, 0), (1, 0), (2, 1), (3, 1): at 1.5 the chord is 0.5, the left segment's line 0,
+    # the right one's 1; min(lines) = 0 lies below the chord, so max(chord, min(lines)) = chord.
+    step = interpolate(kls=[0.0, 1.0, 2.0, 3.0], values=[0.0, 0.0, 1.0, 1.0],
+                       standard_errors=[0.1, 0.2, 0.3, 0.4], at=1.5)
+    assert step["value"] == pytest.approx(0.5)
+    assert (step["concave_value"], step["concave_standard_error"]) == pytest.approx(
+        (step["value"], step["standard_error"]))
+    # Convex points k^2: both lines lie below the chord, which is kept.
+    convex = interpolate(kls=[0.0, 1.0, 2.0, 3.0], values=[0.0, 1.0, 4.0, 9.0],
+                         standard_errors=[0.1] * 4, at=1.5)
+    assert convex["value"] == pytest.approx(2.5) and convex["concave_value"] == pytest.approx(2.5)
+    # One line above, one below the chord (a kink): the chord again, never the lower line.
+    kink = interpolate(kls=[0.0, 1.0, 2.0, 3.0], values=[0.0, 1.0, 1.5, 3.0],
+                       standard_errors=[0.1] * 4, at=1.5)
+    lines = [1.5, 1.5 - 0.5 * 1.5]  # (0,0)-(1,1) at 1.5; (2,1.5)-(3,3) at 1.5
+    assert kink["value"] == pytest.approx(1.25)
+    assert kink["concave_value"] == pytest.approx(max(1.25, min(lines)))
+
+
 def test_evaluate_policy_on_given_responses_matches_drawing_them():
     language, policy = tiny_language(2), tiny_policy(1, vocab_size=3, max_len=4, num_prompts=2)
     reference = tiny_policy(2, vocab_size=3, max_len=4, num_prompts=2)
@@ -832,6 +854,9 @@ def test_compare_over_seeds_on_held_out_prompts():
 
 
 def test_comparisons_table_rows_are_the_seed_level_tests():
+    import numpy as np
+    from scipy import stats as scipy_stats
+
     from gsfh_utils.lm import experiment as mini
 
     curve = [(1.0, (0.8, 1.2, 2.0)), (0.5, (1.0, 1.4, 4.0))]
@@ -841,9 +866,18 @@ def test_comparisons_table_rows_are_the_seed_level_tests():
     for row, baseline in zip(table.itertuples(index=False), ("offline_dpo", "sft"), strict=True):
         test = mini.compare_over_seeds(runs, method="gshf", baseline=baseline)
         assert row[1] == mini.METHODS[baseline]
-        assert (row[2], row[3]) == pytest.approx((test.effect, test.p_value))
+        assert (row[2], row[5]) == pytest.approx((test.effect, test.p_value))
+        effects = test.details["per_seed_effects"]
+        half = scipy_stats.t.ppf(0.975, 1) * scipy_stats.sem(effects)
+        assert (row[3], row[4]) == pytest.approx((np.mean(effects) - half, np.mean(effects) + half))
+        # two seeds: the sign-flip p-value is the share of the 4 assignments at least as large
+        flips = [(a * effects[0] + b * effects[1]) / 2 for a in (1, -1) for b in (1, -1)]
+        assert row[6] == pytest.approx(np.mean([f >= np.mean(effects) - 1e-12 for f in flips]))
     with pytest.raises(ValueError, match="pairs"):
         mini.comparisons_table(runs, [])
+    lengths = mini.comparisons_table(runs, [("gshf", "offline_dpo")], metric="length")
+    test = mini.compare_over_seeds(runs, method="gshf", baseline="offline_dpo", metric="length")
+    assert lengths["mean length difference"].item() == pytest.approx(test.effect)
     # The matched-KL test of another method: offline DPO lies on its own curve (difference 0).
     pooled = mini.matched_kl_over_seeds(runs, method="offline_dpo")
     assert pooled.details["per_seed_effects"] == pytest.approx([0.0, 0.0])

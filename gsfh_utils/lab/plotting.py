@@ -469,13 +469,14 @@ def reward_kl_plane_figure(frame, *, eta: float):
             mean = part.groupby(key, sort=False)[[kl, "gold"]].mean()
             ax.plot(mean[kl], mean["gold"], "-" + marker, color=color, ms=11 if key ==
                     "iteration" else 6, label=label + " (mean)")
-            for value, row in mean.iterrows():
-                text = (f"×{value:g}" if key == "factor" else
-                        "start" if value == 0 and style == "gshf_path" else
-                        f"it {value:g}" if value > 0 and style == "gshf_path" else None)
+            for value, row in mean.iterrows():  # the control's iterates above left, GSHF's below
+                text = (f"×{value:g}" if key == "factor" else "start" if value == 0 and
+                        style == "gshf_path" else f"it {value:g}" if value > 0 else None)
+                offset = ((-30, -4) if text == "start" else (-24, 7)
+                          if style == "gshf_pi0_path" else (5, -11))
                 if text:
                     ax.annotate(text, (row[kl], row["gold"]), textcoords="offset points",
-                                xytext=(5, -11), fontsize=8, color=color)
+                                xytext=offset, fontsize=8, color=color)
         for method, label in (("rso", "RSO"), ("multi_step_rs", "multi-step RS"),
                               ("sft", r"SFT ($\pi_0$)")):
             color, marker = _LM_STYLE[method]
@@ -485,7 +486,8 @@ def reward_kl_plane_figure(frame, *, eta: float):
                     label=label + " (mean)")
         ax.set(xlabel=rf"KL$(\pi\,\|\,\pi_0)$ per response, ${name}$ estimate (nats)",
                title=f"${name}$: " + ("unbiased, moderate variance" if name == "k_1" else
-                                      "unbiased, heavy-tailed at a few nats"))
+                                      "heavy-tailed at a few nats: a single estimate\nruns low "
+                                      "more often than not"))
     axes[0].set_ylabel("gold reward (mean over responses)")
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(rf"Gold reward against KL ($\eta = {eta:g}$; thin: each of "
@@ -494,35 +496,51 @@ def reward_kl_plane_figure(frame, *, eta: float):
     return fig
 
 
+def _lm_rounds(frame, method: str):
+    """pi0 (round 0) then ``method``'s policies by DPO round, per seed: ``offline_dpo_rounds``
+    (offline DPO at eta after each round) or a path (``gshf_path``, ``gshf_pi0_path``: round 1 is
+    the shared start)."""
+    if method == "offline_dpo_rounds":
+        part = frame[frame["method"].isin(["sft", method])]
+        part = part.assign(round=part["round"].where(part["method"] == method, 0))
+    else:
+        part = _lm_path(frame, method)
+        part = part.assign(round=part["iteration"] + 1)
+    return part.sort_values(["seed", "round"])
+
+
 def length_iterations_figure(frame):
-    """Over GSHF's path (pi0, start, iterates): the mean response length (left, with the mean
-    lengths of offline DPO, RSO and multi-step RS for reference), and the gold and proxy rewards
-    of the policy's responses (right); thin lines per seed, markers and bars: mean ± std."""
+    """By DPO round (0: pi0; 1: offline DPO after one round, GSHF's start), for offline DPO at
+    eta, GSHF-DPO and its variant with pairs from pi0: the mean response length (left; RSO and
+    multi-step RS as lines), and the gains over pi0 of the gold and the proxy reward of the
+    policy's responses (right, per seed, then averaged). Markers and bars: mean ± std over
+    seeds."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    path = _lm_path(frame)
-    stages = sorted(path["iteration"].unique())
-    labels = [r"$\pi_0$", "start"] + [f"it {int(s)}" for s in stages[2:]]
-    for ax, columns in ((left, [("length", "GSHF-DPO", "C3", "o-")]),
-                        (right, [("gold", r"gold reward $r^\star$", "C3", "o-"),
-                                 ("proxy", r"proxy reward $\hat r$", "grey", "s--")])):
-        for column, label, color, style in columns:
-            for _, seed_part in path.groupby("seed"):
-                ax.plot(seed_part["iteration"], seed_part[column], color=color, alpha=0.25,
-                        lw=1)
-            summary = path.groupby("iteration")[column].agg(["mean", "std"])
+    sft = frame[frame["method"] == "sft"].set_index("seed")
+    paths = ((r"offline DPO at $\eta$ (gold pairs only)", "offline_dpo_rounds",
+              "offline_dpo_curve"),
+             (r"GSHF-DPO, pairs from $\pi_0$", "gshf_pi0_path", "gshf_pi0_path"),
+             ("GSHF-DPO", "gshf_path", "gshf_path"))
+    for label, method, style in paths:
+        part = _lm_rounds(frame, method)
+        color, marker = _LM_STYLE[style]
+        for ax, column, name, line in ((left, "length", "", "-"), (right, "gold", " gold", "-"),
+                                       (right, "proxy", " proxy", "--")):
+            values = part[column] - (0 if ax is left else part["seed"].map(sft[column]))
+            summary = values.groupby(part["round"]).agg(["mean", "std"])
             ax.errorbar(summary.index, summary["mean"], yerr=summary["std"].fillna(0),
-                        fmt=style, color=color, capsize=3, label=label)
-        ax.set_xticks(stages, labels)
-    for method, label, style in (("offline_dpo", r"offline DPO at $\eta$", ":"),
-                                 ("rso", "RSO", "--"), ("multi_step_rs", "multi-step RS", "-.")):
+                        fmt=line + marker, color=color, capsize=3, label=label + name)
+    for method, label, style in (("rso", "RSO", "--"), ("multi_step_rs", "multi-step RS", "-.")):
         left.axhline(frame.loc[frame["method"] == method, "length"].mean(), ls=style,
-                     color=_LM_STYLE["offline_dpo_curve" if method == "offline_dpo"
-                                     else method][0], label=label)
-    left.set(ylabel="mean response length (tokens)", title="Length over the iterations")
-    right.set(ylabel="mean reward of the policy's responses",
-              title="What the proxy pays for, and what gold pays for")
+                     color=_LM_STYLE[method][0], label=label)
     for ax in (left, right):
-        ax.legend(fontsize=9)
+        ax.set_xlabel(r"DPO round (0: $\pi_0$; 1: offline DPO after one round, GSHF's start)")
+        ax.set_xticks(sorted(frame["round"].dropna().unique().tolist() + [0]))
+        ax.legend(fontsize=8)
+    left.set(ylabel="mean response length (tokens)", title="Length over the rounds")
+    right.axhline(0, color="k", lw=0.5)
+    right.set(ylabel=r"reward gain over $\pi_0$ (same seed)",
+              title="Gains over pi0: proxy (dashed) and gold (solid)")
     fig.tight_layout()
     return fig
 
@@ -567,15 +585,17 @@ def lm_rounds_figure(frame, *, budget, dpo_steps: int, pairs_per_iteration: int)
                 title="Against gradient steps")
     axes[1].set(xlabel="preference pairs trained on (gold + proxy-labelled)",
                 title=f"Against pairs (every method: {gold_pairs} gold labels)")
-    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def win_rate_heatmap_figure(frame, *, labels: dict):
+def win_rate_heatmap_figure(frame, *, labels: dict, confidence: float = 0.95):
     """Gold win rate of each final policy (row) against each other (column), the mean over seeds
-    annotated with its confidence interval (``frame`` from ``experiment.win_rates_frame``;
-    ``labels``: method -> display name, in the order of the rows)."""
+    annotated with its confidence interval (``frame`` from ``experiment.win_rates_frame`` at
+    ``confidence``, which the title states; ``labels``: method -> display name, in the order of
+    the rows)."""
     names = [name for name in labels if name in set(frame["method"])]
     table = frame.pivot(index="method", columns="opponent", values="win_rate").reindex(
         index=names, columns=names)
@@ -588,7 +608,8 @@ def win_rate_heatmap_figure(frame, *, labels: dict):
                 xticklabels=[labels[n] for n in names], yticklabels=[labels[n] for n in names])
     ax.grid(False)
     ax.set(xlabel="against", ylabel="policy",
-           title="Gold win rates (mean over seeds, [t confidence interval]; seed as the unit)")
+           title=f"Gold win rates (mean over seeds, [{confidence:.0%} t interval]; seed as the "
+                 "unit)")
     fig.tight_layout()
     return fig
 

@@ -306,6 +306,33 @@ def mean_interval(values, level: float = 0.99) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def sign_flip_test(values, null: float = 0.0, alternative: str = "greater") -> TestResult:
+    """Exact one-sample sign-flip permutation test of the mean of independent ``values`` against
+    ``null``, valid without normality when ``values - null`` is symmetric about 0 under the null:
+    the p-value is the fraction of the ``2^n`` sign assignments of ``values - null`` whose mean is
+    at least (``"greater"``), at most (``"less"``) or at least as far from 0 in absolute value
+    (``"two-sided"``) as the observed one. Its smallest possible one-sided value is ``2^-n``.
+    Effect: the sample mean."""
+    values = _flat(values, "values").double()
+    alternative = _alternative(alternative)
+    if not 1 <= values.numel() <= 20:
+        raise ValueError(f"values must hold 1 to 20 numbers (2^n assignments), got "
+                         f"{values.numel()}")
+    centred = values - float(null)
+    bits = torch.arange(2 ** centred.numel()).unsqueeze(1) >> torch.arange(centred.numel())
+    means = ((1 - 2 * (bits & 1)).double() * centred).mean(1)
+    observed, slack = centred.mean().item(), 1e-12 * (1 + centred.abs().max().item())
+    if alternative == "greater":
+        extreme = means >= observed - slack
+    elif alternative == "less":
+        extreme = means <= observed + slack
+    else:
+        extreme = means.abs() >= abs(observed) - slack
+    return TestResult("exact sign-flip permutation test", extreme.double().mean().item(),
+                      values.mean().item(), "mean", values.numel(),
+                      {"smallest_p_value": 2.0 ** -values.numel()})
+
+
 def equivalence_test(values, margin: float) -> TestResult:
     """Two one-sided t-tests (TOST) that the mean of independent ``values`` lies within
     ``(-margin, margin)``: it rejects "the mean is at least ``margin`` away from 0" when both

@@ -12,9 +12,12 @@ a (length-biased) bag-of-tokens proxy reward on them, and trains and evaluates e
   at ``eta * f`` for every ``f`` of ``frontier_factors``, which traces its reward-KL trade-off;
 - ``rso``: RSO pairs (``gsfh_utils.sampling.rso_select`` over a pool of ``rso_pool`` pi0
   responses per prompt, two accepted) labelled by the proxy, then DPO at ``eta``;
-- ``multi_step_rs``: exact rejection sampling through a decreasing schedule of ``eta``, each
-  stage proposing from the model distilled (by supervised learning) from the previous stage's
-  accepted draws, so that the last model approximates ``pi0 exp(r_proxy/eta)``;
+- ``multi_step_rs``: rejection sampling through a decreasing schedule of ``eta``, each stage
+  proposing from the model ``q`` distilled (by supervised learning) from the previous stage's
+  accepted draws (``q = pi0`` in the first): a stage's draws are exact for its own target
+  ``q exp(r_proxy/tau)`` (``tau`` from ``sampling.stage_temperatures``), not for
+  ``pi0 exp(r_proxy/eta_k)``, so the last model approximates ``pi0 exp(r_proxy/eta)`` only as far
+  as every distillation is exact;
 - ``gshf``: iterative GSHF-DPO, the hybrid variant: start from offline DPO after one round of
   ``dpo_steps`` steps; each of ``gshf_iterations`` iterations samples ``best_of_n`` responses per
   prompt from the current policy, pairs best-of-n against worst-of-n by the proxy, appends them
@@ -524,7 +527,9 @@ def over_seeds(tests: list[stats.TestResult], alternative: str = "greater", *,
     which counts the training randomness (the language, pi0, the data and every method's
     training differ from seed to seed). ``details`` keeps the per-seed differences and p-values,
     the p-value of "in every seed" (``stats.every``, the intersection-union test), the number of
-    seeds whose own test is at or below ``level`` in either direction, and the fixed-effect
+    seeds whose own test is at or below ``level`` in either direction, the 95% Student-t
+    interval of the mean difference (``ci95``), the exact sign-flip p-value (``stats.
+    sign_flip_test``, free of the t-test's normality; up to 20 seeds), and the fixed-effect
     z-test of the mean difference (``sqrt(sum se_i^2) / S``: conditional on the trained policies,
     so it ignores the training randomness and overstates the evidence for the method)."""
     if len(tests) < 2:
@@ -533,6 +538,7 @@ def over_seeds(tests: list[stats.TestResult], alternative: str = "greater", *,
     spread = math.sqrt(sum(t.details["standard_error"] ** 2 for t in tests)) / len(tests)
     fixed = stats.z_test(sum(effects) / len(tests), 0.0, spread, alternative)
     across = stats.mean_test(effects, 0.0, alternative)
+    _, low, high = stats.mean_interval(effects, level=0.95)
     opposite = "less" if alternative == "greater" else "greater"
     below = sum(stats.z_test(t.effect, 0.0, t.details["standard_error"], opposite).p_value
                 <= level for t in tests)
@@ -540,7 +546,9 @@ def over_seeds(tests: list[stats.TestResult], alternative: str = "greater", *,
                "per_seed_p_values": [t.p_value for t in tests],
                "every_seed_p_value": stats.every(tests, "seeds").p_value,
                "seeds_significant": sum(t.p_value <= level for t in tests),
-               "seeds_significant_opposite": below, "fixed_effect_p_value": fixed.p_value}
+               "seeds_significant_opposite": below, "fixed_effect_p_value": fixed.p_value,
+               "ci95": [low, high], "sign_flip_p_value": stats.sign_flip_test(
+                   effects, 0.0, alternative).p_value if len(effects) <= 20 else None}
     return stats.TestResult(f"one-sample t-test of the per-seed differences ({tests[0].test} "
                             "within each seed)", across.p_value, across.effect,
                             f"mean {tests[0].effect_name}", len(tests), details)
@@ -574,9 +582,12 @@ def interpolate(*, kls, values, standard_errors, at: float) -> dict:
     extrapolation: the nearest endpoint is returned with ``inside = False``. Returns ``value``,
     ``standard_error``, ``inside``, ``lower``, ``upper`` (indices of the neighbours into the
     inputs), ``weight`` (``w``), ``slope``, and ``concave_value`` with its
-    ``concave_standard_error``: the smallest of the neighbouring segments' lines extended to
-    ``at``, which bounds a *concave* curve from above where the chord bounds it from below (the
-    chord itself where no neighbouring segment exists)."""
+    ``concave_standard_error``: ``max(chord, min(lines))``, the larger of the chord and the
+    smallest of the neighbouring segments' lines extended to ``at``. For concave points the lines
+    lie above the chord and their minimum bounds a concave curve through the points from above
+    (the chord bounds it from below); for non-concave points a line can fall below the chord, and
+    the chord is kept, so the value is never below the chord (the chord itself where no
+    neighbouring segment exists)."""
     kls, values, errors = (torch.as_tensor(x, dtype=torch.float64).reshape(-1)
                            for x in (kls, values, standard_errors))
     if not kls.numel() >= 2 or kls.shape != values.shape or kls.shape != errors.shape:
@@ -602,14 +613,17 @@ def interpolate(*, kls, values, standard_errors, at: float) -> dict:
     error = math.hypot((1 - weight) * errors[lower].item(), weight * errors[upper].item())
     concave = (value, error)
     if inside:
-        lines = [(order[i - 1], order[i]) for i in (upper_position - 1, upper_position + 1)
-                 if 1 <= i < kls.numel()]
-        for first, second in lines:  # the line through (first, second) evaluated at ``at``
-            t = ((at - kls[second]) / (kls[second] - kls[first])).item()
-            extended = ((1 + t) * values[second] - t * values[first]).item()
-            if extended < concave[0] or concave == (value, error):
-                concave = (extended, math.hypot(t * errors[first].item(),
-                                                (1 + t) * errors[second].item()))
+        lines = []  # the neighbouring segments' lines through (first, second), at ``at``
+        for i in (upper_position - 1, upper_position + 1):
+            if 1 <= i < kls.numel():
+                first, second = order[i - 1], order[i]
+                t = ((at - kls[second]) / (kls[second] - kls[first])).item()
+                line = ((1 + t) * values[second] - t * values[first]).item()
+                lines.append((line, math.hypot(t * errors[first].item(),
+                                               (1 + t) * errors[second].item())))
+        lowest = min(lines, default=concave)
+        if lowest[0] > value:  # max(chord, min(lines)): never below the chord
+            concave = lowest
     return {"value": value, "standard_error": error, "inside": inside, "lower": lower,
             "upper": upper, "weight": weight, "slope": slope, "concave_value": concave[0],
             "concave_standard_error": concave[1]}
@@ -621,7 +635,8 @@ def matched_kl_test(run: dict, *, kl: str = "kl_k1", alternative: str = "greater
     linearly interpolated at ``method``'s KL (``kl``: ``"kl_k1"`` or ``"kl_k3"``); the standard
     error combines the method's with the interpolated one (``interpolate``). The chord lies
     below a concave curve, which favours ``method``; ``envelope=True`` compares with the
-    neighbouring segments' lines instead, which lie above it (a conservative comparison).
+    neighbouring segments' lines instead, ``max(chord, min(lines))`` (``interpolate``): above a
+    concave curve, so conservative when the curve's points are concave; never below the chord.
     Beyond the curve's range the comparison is with its nearest endpoint (``details["inside"]``
     is False). The noise of the KL coordinates is not propagated; ``details["kl_noise"]`` is its
     first-order size, ``|slope| * se(KL)``."""
@@ -765,17 +780,20 @@ def comparisons_frame(runs: list[dict], method: str = "gshf",
 
 
 def comparisons_table(runs: list[dict], pairs, *, prompts: str = "evaluations",
-                      level: float = 0.01) -> pd.DataFrame:
+                      level: float = 0.01, metric: str = "gold") -> pd.DataFrame:
     """One row per ``(method, baseline)`` of ``pairs``: ``compare_over_seeds`` of their gold
-    rewards on ``prompts`` (one-sided, ``method`` larger), with the mean difference, the
-    seed-level p-value and the number of seeds whose own test is at or below ``level`` in each
-    direction."""
+    rewards (or other ``metric``) on ``prompts`` (one-sided, ``method`` larger), with the mean
+    difference and its 95% t-interval, the seed-level p-value, the exact sign-flip p-value and
+    the number of seeds whose own test is at or below ``level`` in each direction."""
     rows = []
     for method, baseline in pairs:
         test = compare_over_seeds(runs, method=method, baseline=baseline, level=level,
-                                  prompts=prompts)
+                                  prompts=prompts, metric=metric)
         rows.append({"method": METHODS[method], "baseline": METHODS[baseline],
-                     "mean gold difference": test.effect, "seed-level p-value": test.p_value,
+                     f"mean {metric} difference": test.effect,
+                     "95% CI low": test.details["ci95"][0], "95% CI high": test.details["ci95"][1],
+                     "seed-level p-value": test.p_value,
+                     "sign-flip p-value": test.details["sign_flip_p_value"],
                      "seeds significant": test.details["seeds_significant"],
                      "seeds significant, opposite": test.details["seeds_significant_opposite"]})
     if not rows:

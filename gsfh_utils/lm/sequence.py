@@ -18,9 +18,10 @@ Everything a CPU can train in seconds, with nothing downloaded:
 - ``TokenReward`` / ``fit_proxy_reward``: a bag-of-tokens reward model
   ``r(x, y) = sum_t w[x, y_t]`` fitted by the ridge Bradley-Terry MLE to a limited preference set.
   It cannot represent the gold mean, and being a *sum* it pays for length.
-- Samplers over responses: exact rejection sampling of ``pi exp(r/eta)`` from a proposal policy
-  (``rejection_sample_sequences``, with the exact bound ``TokenReward.max_reward``), RSO's
-  finite-pool sampler and best-of-n / worst-of-n pairs (reusing ``gsfh_utils.sampling`` and
+- Samplers over responses: exact rejection sampling of ``pi exp(r/eta)`` from the proposal
+  policy ``pi`` itself (``rejection_sample_sequences``, with the exact bound
+  ``TokenReward.max_reward``; exact for that target only), RSO's finite-pool sampler and
+  best-of-n / worst-of-n pairs (reusing ``gsfh_utils.sampling`` and
   ``gsfh_utils.dpo.select_pairs``). The experiment that strings them together (offline DPO, RSO,
   multi-step rejection sampling, iterative GSHF-DPO) is ``gsfh_utils.lm.experiment.run_seed``.
 
