@@ -568,8 +568,9 @@ def best_of_n_probs(probs, scores, num_responses: int, *, worst: bool = False) -
 
 
 def best_of_n_kl_bound(num_responses) -> torch.Tensor:
-    """``log n - (n - 1)/n``: the KL of the best-of-n law to its base policy (Beirami et al.
-    2024, arXiv:2401.01879) attained without ties, and an upper bound with them."""
+    """``log n - (n - 1)/n``: the KL of the best-of-n law to its base policy when the scores
+    are continuous, and an upper bound on it for a discrete base policy, ties or not (Beirami et
+    al. 2024, arXiv:2401.01879); approached as the largest probability goes to 0."""
     n = torch.as_tensor(num_responses, dtype=torch.float64)
     if (n < 1).any() or (n != n.round()).any():
         raise ValueError(f"num_responses must hold positive integers, got {num_responses!r}")
