@@ -155,18 +155,19 @@ def test_limit_is_half_the_trace_of_the_suboptimality_hessian_against_i_inverse(
 
 
 def test_limit_matches_a_monte_carlo_of_the_mle():
-    """n E[SubOpt] of MLE then Gibbs at n = 20000 over 400 data sets against the limit, within
-    four standard errors plus 5% for the O(n^-1/2) relative terms the limit drops."""
+    """n E[SubOpt] of MLE then Gibbs at n = 5000 over 400 data sets against the limit, within
+    four standard errors plus 10% for the O(n^-1/2) relative terms the limit drops (5% at
+    n = 20000, where a slower run of this check measured 4.64 +- 0.21 against 4.44)."""
     bandit, _, generator = problem(5, num_contexts=3, num_actions=4, dim=3, eta=0.5)
     behaviour = torch.full_like(bandit.ref_probs, 1 / bandit.num_actions)
-    size, seeds = 20_000, 400
+    size, seeds = 5000, 400
     data = bandit.sample_preferences(size, behaviour, behaviour, generator, (seeds,))
     theta_hat = estimation.fit_bt_mle(data.feature_diffs, data.labels, 1.0)
     policy = gibbs_policy(bandit.ref_probs, bandit.rewards(theta_hat), bandit.eta)
     scaled = size * bandit.suboptimality(policy)
     limit = offline.asymptotic_suboptimality(bandit, behaviour)
     error = scaled.std() / seeds**0.5
-    assert abs(scaled.mean() - limit) <= 4 * error + 0.05 * limit
+    assert abs(scaled.mean() - limit) <= 4 * error + 0.10 * limit
 
 
 def test_limit_needs_the_directions_pi_star_plays():

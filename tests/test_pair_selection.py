@@ -93,10 +93,11 @@ def test_best_of_n_law_properties(weights, levels, n):
 
 def test_best_of_n_kl_approaches_the_bound_without_ties():
     """Uniform over K distinct scores: the law is ((i/K)^n - ((i-1)/K)^n), whose KL tends to
-    log n - (n-1)/n as K grows (the continuous case, where the formula is exact)."""
+    log n - (n-1)/n as K grows (the continuous case, where the formula is exact); the gap shrinks
+    about a hundredfold per tenfold K (a Riemann sum's O(1/K^2)), so K = 1000 is far below 1e-3."""
     for n in (2, 4, 16):
         gaps = []
-        for size in (10, 100, 10000):
+        for size in (10, 100, 1000):
             probs = torch.full((size,), 1 / size, dtype=torch.float64)
             law = dpo.best_of_n_probs(probs, torch.arange(size, dtype=torch.float64), n)
             i = torch.arange(1, size + 1, dtype=torch.float64)
