@@ -203,3 +203,149 @@ def test_tabular_coincidence_gap_and_bound_written_out():
     roundoff = stats.roundoff_tolerance(5, oracle.log().abs().amax((-1, -2)) + 1)
     expected = 2 * (fit.grad_norm + grad_mle) / (0.5 * 0.4) + roundoff
     assert ((bound - expected).abs() <= 0.02 * roundoff).all() and (gap <= bound).all()
+
+
+def test_pair_diffs_against_a_loop():
+    """``features(x_i, chosen_i) - features(x_i, rejected_i)``, entry by entry."""
+    g = torch.Generator().manual_seed(10)
+    features = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=g)
+    chosen = torch.randint(0, 4, (2, 3), generator=g)
+    rejected = (chosen + 1) % 4
+    expected = torch.stack([torch.stack([features[s, i, chosen[s, i]] -
+                                         features[s, i, rejected[s, i]] for i in range(3)])
+                            for s in range(2)])
+    assert torch.equal(oop._pair_diffs(features, chosen, rejected), expected)
+
+
+def _routes_by_hand(bandit, evaluation, *, seed, num_pairs, extra_prompts, policy_dim, reg):
+    """Every route of ``compare_routes`` recomputed step by step from the same draws (prompts,
+    pairs, then the extra prompts), with the pair differences and labels written out."""
+    from gsfh_utils.estimation import fit_bt_mle
+    from gsfh_utils.policy_optimization import log_linear_policy, optimize_policy
+
+    g = torch.Generator().manual_seed(seed)
+    contexts = bandit.sample_contexts(num_pairs, g)
+    first, second, uniforms = bandit.draw_pairs(num_pairs, g)
+    extra = bandit.sample_contexts(max(extra_prompts), g)
+    features = bandit.features(contexts)
+    rewards = bandit.rewards(features)
+    prefer_first = uniforms < torch.sigmoid(rewards.gather(-1, first[..., None])[..., 0] -
+                                            rewards.gather(-1, second[..., None])[..., 0])
+    chosen = torch.where(prefer_first, first, second)
+    rejected = torch.where(prefer_first, second, first)
+    seeds = torch.arange(bandit.num_seeds)[:, None]
+    prompts = torch.arange(num_pairs)[None, :]
+    diffs = features[seeds, prompts, chosen] - features[seeds, prompts, rejected]
+    theta_hat = fit_bt_mle(diffs, torch.ones(diffs.shape[:-1], dtype=torch.float64), reg)
+    psi_eval = evaluation[..., :policy_dim]
+    ref_eval = bandit.prompt_ref_probs(evaluation.shape[1])
+
+    def value(w):
+        return bandit.suboptimality(log_linear_policy(ref_eval, policy_features=psi_eval, w=w),
+                                    evaluation)
+
+    def optimised(prompt_features):
+        return optimize_policy(bandit.rewards(prompt_features, theta_hat),
+                               ref_probs=bandit.prompt_ref_probs(prompt_features.shape[1]),
+                               eta=bandit.eta, policy_features=prompt_features[..., :policy_dim],
+                               tol=1e-10).w
+
+    expected = {"rm_po": value(optimised(features))}
+    all_features = torch.cat([features, bandit.features(extra)], 1)
+    for m in extra_prompts:
+        expected[f"rm_po+{m}"] = value(optimised(all_features[:, :num_pairs + m]))
+    return expected, theta_hat
+
+
+def test_routes_against_a_computation_by_hand():
+    """Misspecified (d' = 2 < d = 5), so that every route differs: each reward-model route is
+    the BT MLE on the hand-written pair differences, optimised from scratch on its prompts; in
+    the well-specified class DPO's policy is the Gibbs policy of that same MLE."""
+    bandit, g = _bandit(11, num_seeds=3, dim=5)
+    evaluation = bandit.features(bandit.sample_contexts(40, g))
+    arguments = dict(num_pairs=25, extra_prompts=[15, 5], policy_dim=2, reg=1.0)
+    result = oop.compare_routes(bandit, evaluation=evaluation, tol=1e-10,
+                                generator=torch.Generator().manual_seed(12), **arguments)
+    expected, _ = _routes_by_hand(bandit, evaluation, seed=12, **arguments)
+    assert result.coincidence_gap.shape == (3,)
+    assert list(result.suboptimality) == ["dpo", "rm_po", "rm_po+5", "rm_po+15"]
+    assert abs(expected["rm_po+15"] - expected["rm_po"]).min() > 1e-4  # the prompts matter
+    for name, values in expected.items():
+        assert torch.allclose(result.suboptimality[name], values, atol=1e-8, rtol=0), name
+    arguments["policy_dim"] = 5  # well specified: DPO = Gibbs policy of the BT MLE
+    result = oop.compare_routes(bandit, evaluation=evaluation, tol=1e-10,
+                                generator=torch.Generator().manual_seed(12), **arguments)
+    _, theta_hat = _routes_by_hand(bandit, evaluation, seed=12, **arguments)
+    ref_eval = bandit.prompt_ref_probs(40)
+    gibbs = gibbs_policy(ref_eval, bandit.rewards(evaluation, theta_hat), bandit.eta)
+    assert torch.allclose(result.suboptimality["dpo"], bandit.suboptimality(gibbs, evaluation),
+                          atol=1e-8, rtol=0)
+
+
+def test_each_extra_prompt_route_starts_from_the_previous_answer(monkeypatch):
+    """The documented warm start and tolerances: the coincidence check at ``PO_TOLERANCE``,
+    every route at the caller's ``tol``, each ``rm_po+m`` from the answer with fewer prompts."""
+    calls = []
+    real = oop.optimize_policy
+
+    def spy(rewards, **kwargs):
+        fit = real(rewards, **kwargs)
+        calls.append((rewards.shape[1], kwargs["tol"], kwargs["initial_w"], fit.w))
+        return fit
+
+    monkeypatch.setattr(oop, "optimize_policy", spy)
+    bandit, g = _bandit(13, num_seeds=2, dim=4)
+    evaluation = bandit.features(bandit.sample_contexts(10, g))
+    oop.compare_routes(bandit, num_pairs=8, extra_prompts=[3, 6], policy_dim=2, reg=1.0,
+                       evaluation=evaluation, generator=g, tol=1e-6)
+    assert [(prompts, tol) for prompts, tol, _, _ in calls] == [
+        (8, oop.PO_TOLERANCE), (8, 1e-6), (11, 1e-6), (14, 1e-6)]
+    assert calls[1][2] is None
+    for previous, current in zip(calls[1:], calls[2:], strict=False):
+        assert current[2] is previous[3]
+
+
+def test_a_single_extra_prompt_and_a_one_dimensional_class_are_allowed():
+    bandit, g = _bandit(14, num_seeds=2)
+    evaluation = bandit.features(bandit.sample_contexts(5, g))
+    result = oop.compare_routes(bandit, num_pairs=4, extra_prompts=[1], policy_dim=1, reg=1.0,
+                                evaluation=evaluation, generator=g)
+    assert list(result.suboptimality) == ["dpo", "rm_po", "rm_po+1"]
+
+
+def test_random_draws_what_its_docstring_says():
+    """Replayed from the same generator: A_a = N(0, 1/p), b_a = N(0, 1), theta* on the sphere of
+    radius B, pi0 = softmax(T N(0, I)); the default temperature is 1."""
+    arguments = dict(num_seeds=2, context_dim=3, num_actions=4, dim=5, norm_bound=2.0, eta=0.5)
+    bandit = oop.ContinuousBandit.random(generator=torch.Generator().manual_seed(15),
+                                         **arguments)
+    g = torch.Generator().manual_seed(15)
+
+    def normal(*shape):
+        return torch.randn(2, *shape, dtype=torch.float64, generator=g)
+
+    assert torch.equal(bandit.projections, normal(4, 5, 3) / math.sqrt(3))
+    assert torch.equal(bandit.offsets, normal(4, 5))
+    theta = normal(5)
+    assert torch.allclose(bandit.theta_star, 2.0 * theta / theta.norm(dim=-1, keepdim=True),
+                          atol=1e-15)
+    assert torch.allclose(bandit.ref_probs, torch.softmax(normal(4), -1), atol=1e-15)
+    hot = oop.ContinuousBandit.random(generator=torch.Generator().manual_seed(15),
+                                      ref_temperature=3.0, **arguments)
+    assert torch.allclose(hot.ref_probs, torch.softmax(3.0 * torch.log(bandit.ref_probs), -1),
+                          atol=1e-12)
+
+
+def test_draws_are_float64_and_bad_counts_are_named():
+    bandit, g = _bandit(16)
+    assert bandit.draw_pairs(3, g)[2].dtype == torch.float64
+    with pytest.raises(ValueError, match="^num_pairs"):
+        bandit.draw_pairs(0, g)
+    with pytest.raises(ValueError, match="^num_contexts"):
+        bandit.sample_contexts(0, g)
+    for name in ("context_dim", "num_actions"):
+        arguments = dict(num_seeds=2, context_dim=3, num_actions=4, dim=3, norm_bound=1.0,
+                         eta=1.0, generator=g)
+        arguments[name] = 0
+        with pytest.raises(ValueError, match=f"^{name}"):
+            oop.ContinuousBandit.random(**arguments)
