@@ -74,7 +74,8 @@ def trimmed(before: str, after: str) -> tuple[str, str]:
 
 def change(mutant: str) -> str:
     """The mutant's diff as ``old -> new`` on one line (several lines joined by `` / ``)."""
-    diff = get_diff_for_mutant(mutant).splitlines()[2:]
+    module = mutant.split(".")[1]
+    diff = get_diff_for_mutant(mutant, path=f"gsfh_utils/{module}.py").splitlines()[2:]
     removed = [line[1:].strip() for line in diff if line.startswith("-")]
     added = [line[1:].strip() for line in diff if line.startswith("+")]
     if len(removed) == len(added) == 1:
