@@ -43,8 +43,9 @@ test-thorough: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -m "not notebook"
 
 ## Mutation testing of the algorithm modules with mutmut (configuration in pyproject.toml), one
-## module at a time at low priority; prints the score per module and the surviving mutants
-## (summarised in benchmarks/mutation.md). Results are kept in mutants/ and reused.
+## module at a time at low priority; rewrites the scores and the survivors' table of
+## benchmarks/mutation.md, each survivor with its reason from benchmarks/mutation_reasons/ (those
+## without one are listed at the end). Results are kept in mutants/ and reused.
 MUTATED_MODULES := kl_estimators online offline dpo gibbs estimation sampling instance \
 	policy_optimization out_of_preference
 mutate: $(STAMP)
@@ -55,7 +56,7 @@ mutate: $(STAMP)
 			"gsfh_utils.$$module.*" \
 			> build/mutmut-$$module.log || exit 1; \
 	done
-	$(BIN)/python benchmarks/mutation_summary.py
+	$(BIN)/python benchmarks/mutation_summary.py --write benchmarks/mutation.md --unexplained
 
 ## The companion book from the executed notebooks of the last run (build/runs), offline:
 ## build/book/html/index.html.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 import tomllib
 from collections import Counter
 from pathlib import Path
@@ -42,7 +43,14 @@ def module_statuses(root: Path, module: str) -> dict[str, str]:
     meta = root / "gsfh_utils" / f"{module}.py.meta"
     if not meta.exists():
         return {}
-    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    for attempt in range(5):  # mutmut rewrites the file in place while it runs
+        try:
+            codes = json.loads(meta.read_text())["exit_code_by_key"]
+            break
+        except json.JSONDecodeError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5)
     return {name: status_by_exit_code[code] for name, code in codes.items()}
 
 
