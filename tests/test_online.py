@@ -78,6 +78,12 @@ def test_enhancer_draws_only_from_its_generator():
             instance, main, sigma=sigma, beta=3.0, generator=torch.Generator().manual_seed(0),
             num_random_directions=16, num_refinements=0).policy)
     assert torch.equal(*results)
+    # ... and consume it: exactly the [S, 16, d] normals of the random directions.
+    used, replay = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    online.enhancer_policy(instance, main, sigma=sigma, beta=3.0, generator=used,
+                           num_random_directions=16, num_refinements=0)
+    torch.randn(main.shape[0], 16, instance.dim, dtype=torch.float64, generator=replay)
+    assert torch.equal(used.get_state(), replay.get_state())
 
 
 def test_policy_uncertainty_with_two_batch_dimensions():
@@ -170,8 +176,10 @@ def test_enhancer_result_is_the_tilt_it_names():
     kl = gu.kl_divergence(result.policy, main) @ instance.context_probs
     assert torch.allclose(result.kl, kl, atol=1e-12) and (kl > 0).all()
     assert torch.allclose(result.slack, result.gamma - 0.1 * kl, atol=1e-12)
-    defaults = online.enhancer_policy(instance, main, sigma=sigma, beta=5.0,
-                                      generator=torch.Generator().manual_seed(0))
+    used, replay = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    defaults = online.enhancer_policy(instance, main, sigma=sigma, beta=5.0, generator=used)
+    torch.randn(main.shape[0], 8, instance.dim, dtype=torch.float64, generator=replay)
+    assert torch.equal(used.get_state(), replay.get_state())  # 8 random directions
     explicit = online.enhancer_policy(instance, main, sigma=sigma, beta=5.0,
                                       generator=torch.Generator().manual_seed(0),
                                       num_random_directions=8, num_refinements=2)

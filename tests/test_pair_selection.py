@@ -239,6 +239,11 @@ def test_run_online_best_worst_replays_its_docstring():
     assert torch.allclose(run.kl[0], bandit.expected_kl(worst, best))
     gamma = online.policy_uncertainty(bandit, worst, main=best, sigma=run.sigma[0], beta=1.5)
     assert torch.allclose(run.gamma[0], gamma)
+    default = online.run_online(bandit, method="best_worst", num_batches=1, batch_size=9,
+                                num_seeds=2, beta=1.5, reg=1.0, initial_data=initial,
+                                generator=torch.Generator().manual_seed(6))
+    eight = dpo.best_of_n_probs(main, scores, 8, worst=True)  # the documented default n = 8
+    assert torch.allclose(default.second_policies[0], eight)
 
 
 def _pooled_tv_by_loops(samples, probs):
