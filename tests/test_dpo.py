@@ -139,6 +139,9 @@ def test_ipo_fit_matches_normal_equations():
     rhs = 2 / (2 * eta) * z.sum(-2)
     expected = torch.linalg.solve(lhs, rhs.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(fit.w, expected, atol=1e-9)
+    # The objective is quadratic: one exact Newton step (full step, exact Hessian) lands on the
+    # minimiser, to round-off far below the tolerance.
+    assert fit.iterations == 1
 
 
 def test_label_smoothed_fit_matches_scipy():
@@ -500,6 +503,9 @@ def test_training_that_cannot_converge_says_so_and_bad_features_are_named():
     z, _ = _problem(10, batch=(), num_pairs=20, dim=3)
     with pytest.raises(RuntimeError, match="did not converge in 1 Newton steps"):
         dpo.train_dpo_linear(z, eta=0.5, reg=0.1, max_iter=1)
+    # the documented default of 100 steps: a tolerance below round-off is never met
+    with pytest.raises(RuntimeError, match="did not converge in 100 Newton steps"):
+        dpo.train_dpo_linear(z, eta=0.5, reg=0.1, tol=1e-300)
     bandit, generator = _bandit()
     data = bandit.sample_preferences(5, bandit.ref_probs, bandit.ref_probs, generator)
     with pytest.raises(ValueError, match=r"^features must have shape \[3, 5, d\]"):
@@ -586,6 +592,8 @@ def test_tabular_trainer_passes_its_options_on_and_keeps_the_batch():
         assert policy.shape == (2, 2, 3) and np.allclose(policy.numpy(), expected, atol=1e-13)
     with pytest.raises(RuntimeError, match="in 1 Newton steps"):
         dpo.train_dpo_tabular(ref, **pairs, eta=eta, reg=reg, max_iter=1)
+    with pytest.raises(RuntimeError, match="in 100 Newton steps"):  # the documented default
+        dpo.train_dpo_tabular(ref, **pairs, eta=eta, reg=reg, tol=1e-300)
     with pytest.raises(ValueError, match="^ref_probs"):
         dpo.train_dpo_tabular(-ref, **pairs, eta=eta, reg=reg)
     with pytest.raises(ValueError, match="^ref_probs"):

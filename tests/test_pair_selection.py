@@ -285,3 +285,85 @@ def test_pooled_total_variation_is_not_the_mean_per_run_tv():
         stats.pooled_total_variation(torch.tensor([0, 1]), probs[0])
     with pytest.raises(ValueError, match="probs"):
         stats.pooled_total_variation(samples, torch.tensor([[0.5, 0.6]]))
+
+
+def test_best_of_n_kl_bound_is_float64_for_integers():
+    """``log n - (n - 1)/n`` in float64 for an integer and a list of integers (not the float32
+    that ``torch.log`` of an integer tensor gives)."""
+    for n in (3, [1, 2, 7]):
+        bound = dpo.best_of_n_kl_bound(n)
+        expected = [math.log(k) - (k - 1) / k for k in ([n] if isinstance(n, int) else n)]
+        assert bound.dtype == torch.float64
+        assert torch.allclose(bound.reshape(-1), torch.tensor(expected, dtype=torch.float64),
+                              rtol=1e-15, atol=0)
+
+
+def test_best_of_n_law_sums_to_one_when_probs_sum_above_one_by_round_off():
+    """``probs`` summing to ``1 + 4.4e-16`` (accepted as a distribution): the best of a million
+    draws still has a law summing to 1 (``G^n`` of the top level is clamped at 1; unclamped it
+    would be ``(1 + 4.4e-16)^(10^6) = 1 + 4.4e-10``)."""
+    probs = torch.tensor([0.25, 0.25, 0.25, 0.25 + 4.4e-16], dtype=torch.float64)
+    assert float(probs.sum()) > 1.0
+    law = dpo.best_of_n_probs(probs, torch.arange(4.0, dtype=torch.float64), 10**6)
+    assert abs(float(law.sum()) - 1.0) <= 1e-13
+    assert float(law[3]) == 1.0
+
+
+def test_scores_given_as_python_floats_keep_their_float64_order():
+    """Scores ``1`` and ``1 + 1e-12`` as Python floats are two levels (equal in float32): the
+    best of two draws is the second response with probability ``1 - 1/4``, and best-of-n
+    sampling never keeps the lower one as best against the higher one as worst."""
+    probs = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    scores = [1.0, 1.0 + 1e-12]
+    law = dpo.best_of_n_probs(probs, scores, 2)
+    assert torch.allclose(law, torch.tensor([0.25, 0.75], dtype=torch.float64), atol=1e-15)
+    contexts = torch.zeros(400, dtype=torch.long)
+    first, second = dpo.sample_ranked_pairs(probs[None], [scores], contexts=contexts,
+                                            responses_per_prompt=2, selector="max_min",
+                                            generator=torch.Generator().manual_seed(0))
+    assert not ((first == 0) & (second == 1)).any()
+    assert ((first == 1) & (second == 0)).any()
+
+
+def test_messages_name_the_argument_and_the_shapes():
+    probs = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    with pytest.raises(ValueError, match="^scores must not contain NaN$"):
+        dpo.best_of_n_probs(probs, torch.tensor([0.0, math.nan]), 2)
+    policy = torch.full((2, 3, 4), 0.25, dtype=torch.float64)  # a batch of two [X, K] = [3, 4]
+    kwargs = dict(contexts=torch.zeros(2, 5, dtype=torch.long), selector="max_min",
+                  generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"^scores must have the \[X, K\] = \(3, 4\) of policy"):
+        dpo.sample_ranked_pairs(policy, torch.zeros(3, 5), responses_per_prompt=2, **kwargs)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="^responses_per_prompt must be a positive integer"):
+            dpo.sample_ranked_pairs(policy, torch.zeros(3, 4), responses_per_prompt=bad,
+                                    **kwargs)
+
+
+def test_reward_model_reads_listed_features_in_float64():
+    bandit, generator = _bandit()
+    data = bandit.sample_preferences(40, bandit.ref_probs, bandit.ref_probs, generator, (2,))
+    from_list = dpo.reward_model(bandit.features.tolist(), data, reg=0.5)
+    assert torch.equal(from_list, dpo.reward_model(bandit.features, data, reg=0.5))
+
+
+def test_iterative_dpo_implicit_ranking_replays_its_docstring():
+    """One iteration of the tabular class with a fixed reference written out: the implicit
+    reward ``eta log(pi/pi0)`` is the tabular ridge MLE reward (``reward_model`` in one-hot
+    features), prompts from d0, responses from the DPO policy ranked by it, best against worst,
+    the oracle's labels. (The reward model in the bandit's features ranks differently here.)"""
+    bandit, generator = _bandit(seed=9)
+    start = bandit.sample_preferences(30, bandit.ref_probs, bandit.ref_probs, generator, (3,))
+    one_hot = dpo.one_hot_features(3, 5)
+    run = dpo.iterative_dpo(bandit, start, num_iterations=1, pairs_per_iteration=12,
+                            responses_per_prompt=4, selector="max_min", reg=1.0,
+                            features=one_hot, generator=torch.Generator().manual_seed(4))
+    replay = torch.Generator().manual_seed(4)
+    scores = dpo.reward_model(one_hot, start, reg=1.0)
+    contexts = bandit.sample_contexts(12, replay, (3,))
+    first, second = dpo.sample_ranked_pairs(run.policies[0], scores, contexts=contexts,
+                                            responses_per_prompt=4, selector="max_min",
+                                            generator=replay)
+    batch = bandit.label_pairs(contexts, first, second, replay)
+    for name in ("contexts", "first_actions", "second_actions", "labels"):
+        assert torch.equal(getattr(run.data, name)[:, 30:], getattr(batch, name))

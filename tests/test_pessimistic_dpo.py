@@ -256,3 +256,92 @@ def test_tabular_pessimistic_dpo_against_its_steps_done_by_hand():
     tolerance = 4 * (estimation.MLE_TOLERANCE + dpo.DPO_TOLERANCE) / (1.0 * 0.4)
     assert (result.gibbs.log() - gibbs.log()).abs().max() <= 1e-12
     assert (result.pessimistic.log() - gibbs.log()).abs().max() <= tolerance
+
+
+def test_errors_name_the_argument_first():
+    """Each message starts with the name of the bad argument (the loss, the trainer's bonus and
+    its eta, the linear trainer's offsets and centre), and says what the bonus needs."""
+    zeros = torch.zeros(3)
+    loss_inputs = dict(chosen_uncertainty=zeros, rejected_uncertainty=zeros, eta=0.5, beta=1.0)
+    for changes, start in ((dict(eta=0.0), "eta must"),
+                           (dict(chosen_uncertainty=-torch.ones(3)), "chosen_uncertainty must"),
+                           (dict(rejected_uncertainty=torch.full((3,), math.inf)),
+                            "rejected_uncertainty must")):
+        with pytest.raises(ValueError, match=f"^{start}"):
+            dpo.pessimistic_dpo_loss(zeros, zeros, zeros, zeros, **(loss_inputs | changes))
+    tabular, data = tabular_problem(2, eta=0.5, seeds=1)
+    pairs = dict(contexts=data.contexts, chosen=data.first_actions, rejected=data.second_actions,
+                 reg=1.0)
+    for eta in (-1.0, None):
+        with pytest.raises(ValueError, match="^eta must"):
+            dpo.train_dpo_tabular(tabular.ref_probs, **pairs, eta=eta,
+                                  bonus=torch.zeros(3, 4))
+    message = "^bonus \\(pessimistic DPO\\) needs loss_type='sigmoid' without label_smoothing$"
+    with pytest.raises(ValueError, match=message):
+        dpo.train_dpo_tabular(tabular.ref_probs, **pairs, eta=0.5, label_smoothing=0.1,
+                              bonus=torch.zeros(3, 4))
+    z = torch.randn(2, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="^margin_offsets"):
+        dpo.train_dpo_linear(z, eta=1.0, reg=1.0, margin_offsets=torch.zeros(4))
+    with pytest.raises(ValueError, match="^ridge_center"):
+        dpo.train_dpo_linear(z, eta=1.0, reg=1.0, ridge_center=torch.full((3,), math.inf))
+
+
+def test_python_lists_are_read_in_float64():
+    """A bonus, margin offsets and a ridge centre given as Python lists (float64 numbers) give
+    exactly the fit of the same float64 tensors (not a float32 reading of them)."""
+    tabular, data = tabular_problem(3, eta=0.5, seeds=1)
+    pairs = dict(contexts=data.contexts[0], chosen=data.first_actions[0],
+                 rejected=data.second_actions[0], eta=0.5, reg=1.0)
+    bonus = torch.rand(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    from_tensor, _ = dpo.train_dpo_tabular(tabular.ref_probs, **pairs, bonus=bonus)
+    from_list, _ = dpo.train_dpo_tabular(tabular.ref_probs, **pairs, bonus=bonus.tolist())
+    assert torch.equal(from_list, from_tensor)
+    z = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    offsets = [0.1 * i for i in range(6)]
+    center = [0.3, -0.7]
+    tensors = dpo.train_dpo_linear(z, eta=0.5, reg=1.0, tol=1e-12,
+                                   margin_offsets=torch.tensor(offsets, dtype=torch.float64),
+                                   ridge_center=torch.tensor(center, dtype=torch.float64))
+    lists = dpo.train_dpo_linear(z, eta=0.5, reg=1.0, tol=1e-12, margin_offsets=offsets,
+                                 ridge_center=center)
+    assert torch.equal(lists.w, tensors.w)
+
+
+def test_tabular_pessimistic_dpo_passes_its_tolerance_to_the_trainers():
+    """A tolerance above every starting gradient norm stops both DPO fits at w = 0: the policies
+    are the reference policy (the default tolerance would move them)."""
+    tabular, data = tabular_problem(6, eta=0.4, seeds=2, num_pairs=40)
+    result = dpo.tabular_pessimistic_dpo(tabular, data, reg=1.0, delta=0.1, num_bootstrap=4,
+                                         generator=torch.Generator().manual_seed(0), tol=1e6)
+    reference = tabular.ref_probs.expand(2, 3, 4)
+    assert torch.allclose(result.plain, reference, rtol=0, atol=1e-15)
+    assert torch.allclose(result.pessimistic, reference, rtol=0, atol=1e-15)
+
+
+def test_linear_trainer_reports_the_starting_gradient_when_it_stops_at_zero():
+    """With a tolerance above the starting gradient the trainer stops at w = 0 and reports the
+    gradient there, in theta units: ``|| -sum_i sigmoid(-eta o_i) z_i - reg c ||`` (``o`` the
+    margin offsets, ``c`` the ridge centre; ``||sum_i z_i|| / 2`` by default), in float64; and
+    a tolerance equal to that norm is met ("at most tol")."""
+    eta, reg = 0.7, 1.3
+    z = torch.randn(2, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    offsets = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
+    center = torch.tensor([0.2, -0.4, 0.9], dtype=torch.float64)
+    for margin_offsets, ridge_center in ((None, None), (offsets, center)):
+        fit = dpo.train_dpo_linear(z, eta=eta, reg=reg, tol=1e6, margin_offsets=margin_offsets,
+                                   ridge_center=ridge_center)
+        assert fit.iterations == 0 and torch.equal(fit.w, torch.zeros(2, 3, dtype=torch.float64))
+        for b in range(2):
+            o = [0.0] * 5 if margin_offsets is None else offsets.tolist()
+            c = [0.0] * 3 if ridge_center is None else center.tolist()
+            gradient = [-sum(z[b, i, j].item() / (1 + math.exp(eta * o[i])) for i in range(5))
+                        - reg * c[j] for j in range(3)]
+            expected = math.sqrt(sum(g * g for g in gradient))
+            assert fit.grad_norm.dtype == torch.float64
+            assert abs(fit.grad_norm[b].item() - expected) <= 1e-14 * expected
+    # "converged when the gradient norm is at most tol": a tolerance equal to the starting
+    # gradient norm stops at w = 0 (one problem, so its norm is the largest)
+    start = dpo.train_dpo_linear(z[0], eta=eta, reg=reg, tol=1e6).grad_norm.item()
+    fit = dpo.train_dpo_linear(z[0], eta=eta, reg=reg, tol=start)
+    assert fit.iterations == 0 and fit.grad_norm.item() == start
