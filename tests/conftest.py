@@ -16,6 +16,8 @@ in a bounded range and ``eta`` drawn log-uniformly over [1e-6, 1e8].
 from __future__ import annotations
 
 import os
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import matplotlib
 import pytest
@@ -23,6 +25,11 @@ import torch
 from hypothesis import settings
 from hypothesis import strategies as st
 
+# jsonschema (imported by nbformat, and by the CITATION.cff check) builds a Lark grammar at import
+# when rfc3987-syntax is installed (a dependency of jupyter-events): about 2 s of CPU, for the
+# "iri" and "iri-reference" formats only, which neither the CFF schema ("date", "uri") nor the
+# notebook schemas use. Marking the module absent makes jsonschema skip those two checkers.
+sys.modules.setdefault("rfc3987_syntax", None)
 matplotlib.use("Agg")
 # The tests use tiny tensors: one intra-op thread is faster than several fighting over 2 cores.
 torch.set_num_threads(1)
@@ -160,3 +167,58 @@ class SmallRuns:
 @pytest.fixture(scope="session")
 def small_runs(tmp_path_factory) -> SmallRuns:
     return SmallRuns(tmp_path_factory.mktemp("small-runs"))
+
+
+# --- work started right after collection ------------------------------------------------------
+#
+# The test process is single-threaded, so on two cores one core idles while it runs; a test that
+# mostly waits for other processes (a script in a fresh interpreter, a pool of spawned workers)
+# wastes it. Such a test asks for a ``prestart`` fixture: its function runs in the main thread
+# right after collection, when a selected test uses it, and starts the slow work in the
+# background (a ``subprocess.Popen``, or ``background(...)``); the test then waits for it. What
+# the test checks is unchanged, only when the work starts.
+
+PRESTART = {}
+_handles: dict[str, object] = {}
+_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="prestart")
+
+
+def background(function, *args, **kwargs) -> Future:
+    """``function(*args, **kwargs)`` in a background thread (for a prestart function whose work
+    waits on other processes); the test reads the ``Future``'s result."""
+    return _executor.submit(function, *args, **kwargs)
+
+
+def prestart(function):
+    """Register ``function`` (no arguments; returns a handle on work it started) as a session
+    fixture of the same name whose value is that handle, started right after collection."""
+    PRESTART[function.__name__] = function
+
+    @pytest.fixture(scope="session", name=function.__name__)
+    def fixture():
+        return _start(function.__name__)
+
+    return fixture
+
+
+def _start(name):
+    if name not in _handles:
+        _handles[name] = PRESTART[name]()
+    return _handles[name]
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
+    for name in sorted({name for item in session.items
+                        for name in getattr(item, "fixturenames", ()) if name in PRESTART}):
+        _start(name)
+
+
+def pytest_sessionfinish(session):
+    """Nothing started outlives the session: an unused process is killed, threads are joined."""
+    for handle in _handles.values():
+        if hasattr(handle, "poll") and handle.poll() is None:
+            handle.kill()
+            handle.wait()
+    _executor.shutdown(wait=True, cancel_futures=True)

@@ -7,11 +7,13 @@ them by Pearson's chi-square test, and the exact rejection sampler against its G
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 
 import pytest
 import torch
-from conftest import examples
+from conftest import background, examples, prestart
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -369,10 +371,24 @@ def toy_config(**changes):
     return MiniatureConfig(**{**sizes, **changes})
 
 
+@functools.cache
+def _toy_run(seed):
+    from gsfh_utils.lm import experiment as mini
+
+    return mini.run_seed(toy_config(), seed)
+
+
+def toy_run(seed):
+    """``run_seed(toy_config(), seed)``, computed once for the tests that only read it (a copy
+    each time, so that no test sees another's changes)."""
+    return copy.deepcopy(_toy_run(seed))
+
+
 def test_run_seed_is_deterministic_and_complete():
     from gsfh_utils.lm import experiment as mini
 
-    first, second = mini.run_seed(toy_config(), 3), mini.run_seed(toy_config(), 3)
+    # Two runs of one seed are equal (the second is kept for the tests that read a run).
+    first, second = mini.run_seed(toy_config(), 1), toy_run(1)
     assert first == second
     assert set(first["evaluations"]) == set(mini.METHODS)
     assert list(first["held_out"]) == list(mini.FINAL) == list(first["wins"])
@@ -407,11 +423,20 @@ def test_run_seed_without_iterations_and_with_one_round():
     assert run["diagnostics"]["gshf_gold_ranked_length_signs"] == []
 
 
-def test_run_seeds_does_not_depend_on_the_number_of_workers():
+@prestart
+def two_worker_run():
+    """``run_seeds`` of seeds 5 and 6 in two spawned worker processes, started after collection
+    (the workers import torch while the tests before this one run)."""
+    from gsfh_utils.lm import experiment as mini
+
+    return background(mini.run_seeds, toy_config(), [5, 6], workers=2)
+
+
+def test_run_seeds_does_not_depend_on_the_number_of_workers(two_worker_run):
     from gsfh_utils.lm import experiment as mini
 
     config = toy_config()
-    assert mini.run_seeds(config, [5, 6], workers=2) == mini.run_seeds(config, [5, 6])
+    assert two_worker_run.result(timeout=300) == mini.run_seeds(config, [5, 6])
     with pytest.raises(ValueError, match="workers"):
         mini.run_seeds(config, [5], workers=0)
     with pytest.raises(ValueError, match="seeds"):
@@ -656,7 +681,7 @@ def test_proxy_length_test_against_scipy_on_per_seed_differences():
 def test_evaluations_frame_and_summary_table():
     from gsfh_utils.lm import experiment as mini
 
-    runs = [mini.run_seed(toy_config(), seed) for seed in (1, 2)]
+    runs = [toy_run(seed) for seed in (1, 2)]
     frame = mini.evaluations_frame(runs)
     # methods, curve, start + 2 iterates of GSHF and of its variant, 3 offline rounds
     assert len(frame) == 2 * (len(mini.METHODS) + 3 + 3 + 3 + 3)
@@ -686,7 +711,7 @@ def test_matched_kl_and_diagnostics_frames():
     assert list(frame["difference_k1"]) == pytest.approx([0.2, 0.1])
     assert list(frame["inside_k1"]) == [True, False]
     assert frame.loc[0, "p_k1"] == pytest.approx(mini.matched_kl_test(runs[0]).p_value)
-    run = mini.run_seed(toy_config(), 4)
+    run = toy_run(2)
     diagnostics = mini.diagnostics_frame([run])
     longer, shorter = run["diagnostics"]["gold_pairs_length_signs"]
     assert diagnostics.loc[0, "gold_pairs_chosen_longer"] == pytest.approx(
@@ -700,7 +725,7 @@ def test_streams_are_distinct_and_a_method_knob_leaves_the_others_alone():
     draws = {(seed, name): torch.rand(3, generator=mini.stream(seed, name)).tolist()
              for seed in (7, 8) for name in mini.STREAMS}
     assert len({tuple(v) for v in draws.values()}) == len(draws)
-    base = mini.run_seed(toy_config(), 2)
+    base = toy_run(2)
     changed = mini.run_seed(toy_config(rso_pool=3, eval_per_prompt=9), 2)
     # The RSO pool and the evaluation size change neither offline DPO's nor GSHF's training:
     # only the evaluation draws differ, so compare what does not depend on them.

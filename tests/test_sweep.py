@@ -13,11 +13,13 @@ import sys
 import threading
 import time
 
+import dask
 import distributed
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import background, prestart
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -45,11 +47,36 @@ TINY_OFFLINE = dict(num_contexts=3, num_actions=4, num_traps=1, num_bootstrap=3)
 OFFLINE_GRID = {"trap_mass": [0.02, 0.25], "n": [20, 40]}
 
 
-@pytest.fixture(scope="module")
-def client():
+#: The cluster lives from the end of collection on, with its scheduler and nannies in this
+#: process: their event-loop and system monitors (which only feed the dashboard and the
+#: "unresponsive event loop" warning) tick at 1 s and 10 s instead of 20 ms and 0.5 s, so that
+#: the idle cluster does not take CPU time from the tests before this module.
+QUIET_MONITORS = {"distributed.admin.tick.interval": "1s",
+                  "distributed.admin.system-monitor.interval": "10s"}
+
+
+def warm_cluster():
+    """The embedded cluster of 2 worker processes, each having imported the engine (torch and the
+    package), as unpickling its first task would: no task has run on them yet."""
     from gsfh_utils.sweep import embedded_cluster
 
-    cluster = embedded_cluster(2)
+    with dask.config.set(QUIET_MONITORS):
+        cluster = embedded_cluster(2)
+    with distributed.Client(cluster) as client:
+        client.run(exec, "import gsfh_utils.sweep.engine")
+    return cluster
+
+
+@prestart
+def cluster_start():
+    """``warm_cluster`` in the background from the end of collection on: the workers start and
+    import while the tests before this module run."""
+    return background(warm_cluster)
+
+
+@pytest.fixture(scope="module")
+def client(cluster_start):
+    cluster = cluster_start.result(timeout=300)
     with distributed.Client(cluster) as client:
         yield client
     cluster.close()
@@ -87,15 +114,35 @@ def test_cluster_results_equal_a_serial_run(client, tmp_path):
     assert table.groupby("cell")["subopt_none"].nunique().eq(2).all()
 
 
-def test_resume_after_the_driver_is_killed_computes_only_missing_cells(client, tmp_path):
+#: ``python -m gsfh_utils.sweep ARGS`` with ARGS read from the first line of stdin (a JSON list):
+#: the process imports the engine (torch, distributed) before it knows what to run.
+DRIVER = """\
+import json, runpy, sys
+import gsfh_utils.sweep.engine
+sys.argv[1:] = json.loads(sys.stdin.readline())
+runpy.run_module("gsfh_utils.sweep", run_name="__main__", alter_sys=True)
+"""
+
+
+@prestart
+def sweep_driver():
+    """A driver process for the interruption test, started after collection: its imports run
+    while the tests before this module do; it waits for its arguments."""
+    return subprocess.Popen([sys.executable, "-c", DRIVER], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+
+
+def test_resume_after_the_driver_is_killed_computes_only_missing_cells(client, sweep_driver,
+                                                                       tmp_path):
     """A real interruption: the CLI running the sweep is killed (SIGKILL) once some parts are
     written; the rerun computes exactly the cells without a part."""
     spec, store = tmp_path / "spec.yaml", tmp_path / "store"
-    grid = {"scale": [float(i) for i in range(10)], "duration": [0.3]}
+    grid = {"scale": [float(i) for i in range(10)], "duration": [0.2]}
     spec.write_text(yaml.safe_dump({"experiment": "probe", "grid": grid, "seeds": 2}))
-    driver = subprocess.Popen([sys.executable, "-m", "gsfh_utils.sweep", str(spec), "--scheduler",
-                               client.scheduler.address, "--store", str(store)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = sweep_driver
+    driver.stdin.write(json.dumps([str(spec), "--scheduler", client.scheduler.address, "--store",
+                                   str(store)]) + "\n")
+    driver.stdin.close()
     parts = store / "parts"
     deadline = time.monotonic() + 60
     while len(list(parts.glob("*.parquet"))) < 2 and time.monotonic() < deadline:
@@ -172,9 +219,9 @@ def test_cli_exits_non_zero_on_a_failing_cell(client, tmp_path, capsys):
 def test_worker_killed_mid_sweep_loses_and_duplicates_nothing(client, tmp_path):
     pids = client.run(os.getpid)
     victim = sorted(pids.values())[0]
-    timer = threading.Timer(1.0, os.kill, (victim, signal.SIGKILL))
+    timer = threading.Timer(0.6, os.kill, (victim, signal.SIGKILL))
     timer.start()
-    grid = {"scale": [float(i) for i in range(8)], "duration": [0.4]}
+    grid = {"scale": [float(i) for i in range(8)], "duration": [0.25]}
     try:
         result = run_sweep("probe", grid, 4, tmp_path, client=client, progress=False,
                            verbose=False)
