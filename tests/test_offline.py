@@ -668,3 +668,26 @@ def test_trap_instance_ordinary_features_replayed_in_three_dimensions():
         for a in range(1, 4):
             expected = radius[x, a] * draws[x, a] / draws[x, a].norm()
             assert torch.allclose(trap.bandit.features[x, a, :2], expected, atol=1e-15)
+
+
+@pytest.mark.parametrize(("eta", "beta", "fraction", "angle", "coverage", "good_mass"), [
+    (1.5512647622331714, 1.2477103170583101, 0.868056782068238, 4.305531228277316,
+     0.09569265532514919, 0.9232714779225486),
+    (0.09030800461699155, 1.6434652883483427, 0.08296322324225525, 1.7856535225728243,
+     0.015337984643555723, 0.9923308090818752)])
+def test_expected_pessimism_where_newton_on_the_multiplier_leaves_its_bracket(
+        eta, beta, fraction, angle, coverage, good_mass):
+    """Hidden-direction instances (found by the property test above) where the Newton step on
+    log mu leaves the bracket and the solver halves its way to the bracket's end instead: the
+    pessimistic parameter still lands on the boundary of the ellipsoid, where v(pi) is
+    anti-parallel to Sigma (theta_tilde - theta_hat) (the optimality condition)."""
+    bandit, sigma = hidden_direction_problem(eta, coverage, good_mass)
+    u = torch.tensor([math.cos(angle), math.sin(angle)], dtype=torch.float64)
+    theta_hat = bandit.theta_star + fraction * beta * u / estimation.sigma_norm(u, sigma)
+    solution = offline.expected_pessimism_policy(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                 beta=beta)
+    shift = solution.parameter - theta_hat
+    assert estimation.sigma_norm(shift, sigma).item() == pytest.approx(beta, rel=1e-11)
+    v = offline.policy_direction(bandit, solution.policy)
+    pull = -sigma @ shift
+    assert torch.allclose(v / v.norm(), pull / pull.norm(), atol=1e-8)
