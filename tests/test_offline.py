@@ -390,6 +390,9 @@ def test_evaluate_offline_against_the_gap_identity():
         v = torch.einsum("x,xk,xkd->d", bandit.context_probs, optimal, diffs)
         norm = torch.einsum("i,...ij,j->...", v, inverse, v).sqrt()
         assert torch.allclose(results["expected_bound"][name], 2 * beta * norm)
+        kl = (gu.kl_divergence(optimal, pointwise) * bandit.context_probs).sum(-1)
+        assert torch.allclose(results["pointwise_kl_bound"][name],
+                              results["pointwise_bound"][name] - 0.5 * kl, atol=1e-12)
         assert torch.equal(results["expected_bound"][name], offline.expected_bound(
             bandit, optimal, sigma=fits.sigma, beta=beta) + results["duality_gap"][name])
     # the large radius puts theta = 0 inside every ellipsoid: expected pessimism returns pi0
@@ -481,7 +484,8 @@ def test_trap_instance_bad_input(changes, match):
 
 def test_estimates_with_incompatible_batches_are_named():
     bandit, theta_hat, sigma = small_problem(13, batch=(2,))
-    with pytest.raises(ValueError, match="must have broadcastable leading dimensions"):
+    with pytest.raises(ValueError, match=r"^theta_hat \(3, 3\) and sigma \(2, 3, 3\) must have "
+                       r"broadcastable leading dimensions$"):
         offline.pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat.expand(3, 2, -1)[:, 0],
                                               sigma=sigma, beta=1.0)
 
@@ -492,3 +496,198 @@ def test_a_radius_that_does_not_broadcast_is_named():
                      offline.expected_pessimism_mirror_ascent):
         with pytest.raises(ValueError, match=r"^beta \(shape \(5,\)\) must broadcast"):
             function(bandit, theta_hat=theta_hat, sigma=sigma, beta=torch.ones(5))
+
+
+@pytest.mark.parametrize("batched", ["theta_hat", "sigma", "policy"])
+def test_a_radius_must_broadcast_against_every_batched_input(batched):
+    """The leading dimensions are those of theta_hat, of sigma and (for the objective) of the
+    policy: a radius of shape (5,) is refused with a ValueError naming beta whichever of them
+    carries the batch of 2."""
+    bandit, theta_hat, sigma = small_problem(15, batch=(2,))
+    estimate = dict(theta_hat=theta_hat[0], sigma=sigma[0])
+    policy = bandit.ref_probs
+    if batched == "policy":
+        policy = bandit.ref_probs.expand(2, -1, -1)
+    else:
+        estimate[batched] = dict(theta_hat=theta_hat, sigma=sigma)[batched]
+    calls = [
+        lambda beta: offline.expected_pessimism_objective(bandit, policy, **estimate, beta=beta)]
+    if batched != "policy":
+        calls += [
+            lambda beta: offline.pointwise_pessimistic_rewards(bandit, **estimate, beta=beta),
+            lambda beta: offline.expected_pessimism_policy(bandit, **estimate, beta=beta).policy,
+            lambda beta: offline.expected_pessimism_mirror_ascent(bandit, **estimate, beta=beta,
+                                                                  num_steps=1)]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"^beta \(shape \(5,\)\) must broadcast"):
+            call(torch.ones(5, dtype=torch.float64))
+        assert call(torch.ones(2, dtype=torch.float64)).shape[0] == 2
+
+
+@pytest.mark.parametrize("batched", ["theta_hat", "sigma", "beta"])
+def test_expected_pessimism_batch_from_any_input(batched):
+    """A batch of 2 carried by theta_hat, sigma or beta alone: each row is the solution of its
+    own unbatched problem."""
+    bandit, theta_hat, sigma = small_problem(16, batch=(2,), scale=3.0)
+    beta = torch.tensor([0.4, 0.9], dtype=torch.float64)
+    rows = [dict(theta_hat=theta_hat[0], sigma=sigma[0], beta=beta[0]) for _ in range(2)]
+    for row in range(2):
+        rows[row][batched] = dict(theta_hat=theta_hat, sigma=sigma, beta=beta)[batched][row]
+    estimate = dict(rows[0])
+    estimate[batched] = dict(theta_hat=theta_hat, sigma=sigma, beta=beta)[batched]
+    solution = offline.expected_pessimism_policy(bandit, **estimate)
+    assert solution.parameter.shape == (2, 3)
+    for row in range(2):
+        single = offline.expected_pessimism_policy(bandit, **rows[row])
+        assert torch.allclose(solution.parameter[row], single.parameter, rtol=1e-9, atol=1e-12)
+        assert torch.allclose(solution.policy[row], single.policy, atol=1e-12)
+
+
+def dual_by_loops(bandit, theta):
+    """``F(theta) = eta sum_x d0(x) log sum_a pi0(a|x) exp(<theta, phi(x,a) - nu(x)>/eta)``."""
+    features, ref, eta = bandit.features, bandit.ref_probs, bandit.eta
+    total = 0.0
+    for x in range(features.shape[0]):
+        nu = sum(ref[x, a] * features[x, a] for a in range(features.shape[1]))
+        inner = sum(ref[x, a] * math.exp((theta @ (features[x, a] - nu)).item() / eta)
+                    for a in range(features.shape[1]))
+        total += bandit.context_probs[x].item() * eta * math.log(inner)
+    return total
+
+
+@pytest.mark.parametrize("seed", [16, 17])
+def test_certificate_of_an_unfinished_solve(seed):
+    """Stopped after one outer step (max_outer=1, tol=inf), the returned duality gap is the
+    documented certificate min(F(theta_br), F(theta_tilde)) - f(pi) with theta_br = theta_hat -
+    beta Sigma^{-1} v / ||v||_{Sigma^{-1}} (theta_tilde only where feasible), here with F written
+    out with loops (seed 16: theta_tilde gives the smaller dual value, seed 17: theta_br); it is
+    above the true max f - f(pi) (max f from the converged solver); and a RuntimeError is raised
+    exactly when it exceeds tol (1 + |f(pi)|)."""
+    bandit, theta_hat, sigma = small_problem(seed, scale=3.0)
+    beta = estimation.sigma_norm(theta_hat, sigma).item() / 3
+    estimate = dict(theta_hat=theta_hat, sigma=sigma, beta=beta)
+    rough = offline.expected_pessimism_policy(bandit, **estimate, max_outer=1, tol=math.inf)
+    value = offline.expected_pessimism_objective(bandit, rough.policy, **estimate).item()
+    v = offline.policy_direction(bandit, rough.policy)
+    inverse = torch.linalg.inv(sigma)
+    best_response = theta_hat - beta * inverse @ v / torch.sqrt(v @ inverse @ v)
+    candidates = [dual_by_loops(bandit, best_response)]
+    if estimation.sigma_norm(rough.parameter - theta_hat, sigma) <= beta:
+        candidates.append(dual_by_loops(bandit, rough.parameter))
+    assert rough.duality_gap.item() == pytest.approx(min(candidates) - value, rel=1e-10)
+    best = offline.expected_pessimism_policy(bandit, **estimate)
+    true_gap = offline.expected_pessimism_objective(bandit, best.policy, **estimate) - value
+    assert 1e-4 < true_gap <= rough.duality_gap + 1e-12
+    threshold = rough.duality_gap.item() / (1 + abs(value))
+    with pytest.raises(RuntimeError, match="^expected pessimism did not converge: largest "
+                                           "duality gap"):
+        offline.expected_pessimism_policy(bandit, **estimate, max_outer=1, tol=0.99 * threshold)
+    offline.expected_pessimism_policy(bandit, **estimate, max_outer=1, tol=1.01 * threshold)
+
+
+def test_expected_pessimism_inside_the_ellipsoid_exactly():
+    """Exact arithmetic (phi = +-e1, pi0 uniform): with ||theta_hat||_Sigma <= beta, including
+    the equality and radii below 1, theta_tilde = 0 exactly, the policy is pi0 and the gap is
+    0, which even tol = 0 accepts (the error is raised when the gap *exceeds* the tolerance)."""
+    features = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]], dtype=torch.float64)
+    bandit = gu.LinearBTBandit(features, torch.zeros(2, dtype=torch.float64),
+                               torch.full((1, 2), 0.5, dtype=torch.float64),
+                               torch.ones(1, dtype=torch.float64), 0.5)
+    for theta_hat, beta in [((1.0, 0.0), 1.0), ((0.3, 0.0), 0.5), ((0.0, 0.6), 0.6)]:
+        solution = offline.expected_pessimism_policy(
+            bandit, theta_hat=torch.tensor(theta_hat, dtype=torch.float64),
+            sigma=torch.eye(2, dtype=torch.float64), beta=beta, tol=0.0)
+        assert (solution.parameter == 0).all()
+        assert torch.equal(solution.policy, bandit.ref_probs)
+        assert solution.duality_gap.item() == 0
+
+
+@pytest.mark.parametrize("beta", [1.0, 1e-3])
+def test_expected_pessimism_with_a_weakly_covered_direction(beta):
+    """d = 16, the features along u = (1, ..., 1)/4 and Sigma = I - 0.99 u u^T (the direction
+    u barely covered, eigenvalue 0.01; the others 1), theta_hat = s u: the constraint binds along
+    u, so theta_tilde = (s - 10 beta) u (||.||_Sigma = 0.1 |.| along u), with pi nearly on the
+    first action and the multiplier mu = ||v||_{Sigma^{-1}} / beta near the largest value the
+    solver's bracket allows."""
+    dim = 16
+    u = torch.full((dim,), 0.25, dtype=torch.float64)
+    features = torch.stack([u, torch.zeros(dim, dtype=torch.float64)]).unsqueeze(0)
+    bandit = gu.LinearBTBandit(features, torch.zeros(dim, dtype=torch.float64),
+                               torch.tensor([[0.01, 0.99]], dtype=torch.float64),
+                               torch.ones(1, dtype=torch.float64), 1.0)
+    sigma = torch.eye(dim, dtype=torch.float64) - 0.99 * torch.outer(u, u)
+    scale = 100.0
+    solution = offline.expected_pessimism_policy(bandit, theta_hat=scale * u, sigma=sigma,
+                                                 beta=beta)
+    assert torch.allclose(solution.parameter, (scale - 10 * beta) * u, rtol=1e-12, atol=1e-14)
+    assert estimation.sigma_norm(solution.parameter - scale * u, sigma).item() == pytest.approx(
+        beta, rel=1e-12)
+
+
+def test_kl_bound_with_comparators_off_the_support():
+    """pi0 has a zero (action 3 of context 0): the KL term of the bound, for comparators that
+    are 0 on some actions (and on that one), written out with loops over the support only."""
+    bandit, theta_hat, sigma = small_problem(17, eta=0.4)
+    ref = bandit.ref_probs.clone()
+    ref[0, 3] = 0.0
+    ref[0] = ref[0] / ref[0].sum()
+    bandit = gu.LinearBTBandit(bandit.features, bandit.theta_star, ref, bandit.context_probs, 0.4)
+    comparator = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0],
+                               [0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    rewards = offline.pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                    beta=0.7)
+    kl = 0.0
+    for x in range(3):
+        support = ref[x] > 0
+        log_norm = torch.logsumexp(ref[x, support].log() + rewards[x, support] / 0.4, -1)
+        for a in range(4):
+            if comparator[x, a] > 0:
+                log_policy = ref[x, a].log() + rewards[x, a] / 0.4 - log_norm
+                kl += bandit.context_probs[x] * comparator[x, a] * (
+                    comparator[x, a].log() - log_policy)
+    loose = offline.pointwise_bound(bandit, comparator, sigma=sigma, beta=0.7)
+    tight = offline.pointwise_bound(bandit, comparator, sigma=sigma, beta=0.7,
+                                    theta_hat=theta_hat)
+    assert torch.isfinite(tight)
+    assert tight.item() == pytest.approx((loose - 0.4 * kl).item(), rel=1e-12, abs=1e-14)
+    with pytest.raises(ValueError, match="^comparator must sum to 1"):
+        offline.pointwise_bound(bandit, 2 * comparator, sigma=sigma, beta=0.7)
+
+
+def test_trap_instance_ordinary_features_replayed_in_three_dimensions():
+    """dim = 3: the ordinary features are rho e with e the normalised float64 Gaussian draws of
+    the stream (after u) and rho = 0.5 + 0.5 U, replayed by hand."""
+    trap = offline.trap_instance(num_contexts=3, num_actions=4, dim=3, num_traps=1,
+                                 norm_bound=2.0, trap_weight=1.2, eta=0.5,
+                                 generator=torch.Generator().manual_seed(7))
+    generator = torch.Generator().manual_seed(7)
+    torch.randn(2, dtype=torch.float64, generator=generator)
+    draws = torch.randn(3, 4, 2, dtype=torch.float64, generator=generator)
+    radius = 0.5 + 0.5 * torch.rand(3, 4, 1, dtype=torch.float64, generator=generator)
+    for x in range(3):
+        for a in range(1, 4):
+            expected = radius[x, a] * draws[x, a] / draws[x, a].norm()
+            assert torch.allclose(trap.bandit.features[x, a, :2], expected, atol=1e-15)
+
+
+@pytest.mark.parametrize(("eta", "beta", "fraction", "angle", "coverage", "good_mass"), [
+    (1.5512647622331714, 1.2477103170583101, 0.868056782068238, 4.305531228277316,
+     0.09569265532514919, 0.9232714779225486),
+    (0.09030800461699155, 1.6434652883483427, 0.08296322324225525, 1.7856535225728243,
+     0.015337984643555723, 0.9923308090818752)])
+def test_expected_pessimism_where_newton_on_the_multiplier_leaves_its_bracket(
+        eta, beta, fraction, angle, coverage, good_mass):
+    """Hidden-direction instances (found by the property test above) where the Newton step on
+    log mu leaves the bracket and the solver halves its way to the bracket's end instead: the
+    pessimistic parameter still lands on the boundary of the ellipsoid, where v(pi) is
+    anti-parallel to Sigma (theta_tilde - theta_hat) (the optimality condition)."""
+    bandit, sigma = hidden_direction_problem(eta, coverage, good_mass)
+    u = torch.tensor([math.cos(angle), math.sin(angle)], dtype=torch.float64)
+    theta_hat = bandit.theta_star + fraction * beta * u / estimation.sigma_norm(u, sigma)
+    solution = offline.expected_pessimism_policy(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                 beta=beta)
+    shift = solution.parameter - theta_hat
+    assert estimation.sigma_norm(shift, sigma).item() == pytest.approx(beta, rel=1e-11)
+    v = offline.policy_direction(bandit, solution.policy)
+    pull = -sigma @ shift
+    assert torch.allclose(v / v.norm(), pull / pull.norm(), atol=1e-8)

@@ -178,9 +178,38 @@ def test_limit_needs_the_directions_pi_star_plays():
                                torch.full((1, 3), 1 / 3, dtype=torch.float64),
                                torch.ones(1, dtype=torch.float64), 1.0)
     only_two = torch.tensor([[0.5, 0.0, 0.5]], dtype=torch.float64)
-    with pytest.raises(ValueError, match="identify"):
+    message = (r"^behaviour does not identify the directions pi\* plays: the comparisons must "
+               r"cover the support of pi\*$")
+    with pytest.raises(ValueError, match=message):
         offline.asymptotic_suboptimality(bandit, only_two)
-    with pytest.raises(ValueError, match="behaviour"):
+    # The check is relative to the size of C: the same at features a thousand times smaller.
+    small = gu.LinearBTBandit(1e-3 * features, 1e3 * bandit.theta_star, bandit.ref_probs,
+                              bandit.context_probs, 1.0)
+    with pytest.raises(ValueError, match=message):
+        offline.asymptotic_suboptimality(small, only_two)
+    with pytest.raises(ValueError, match=r"^behaviour must have shape \(1, 3\)"):
         offline.comparison_fisher_information(bandit, torch.ones(2, 3) / 3)
-    with pytest.raises(ValueError, match="behaviour"):
+    with pytest.raises(ValueError, match="^behaviour must sum to 1"):
         offline.comparison_fisher_information(bandit, torch.ones(1, 3))
+
+
+@pytest.mark.parametrize("scale", [1e-3, 0.1])
+def test_limit_is_invariant_to_the_scale_of_the_features(scale):
+    """phi -> s phi, theta* -> theta* / s keeps every margin and pi*, and multiplies C and I by
+    s^2: tr(C I^+) / 2 is unchanged (and the coverage check, relative, passes at any scale)."""
+    bandit, _, generator = problem(12, num_contexts=2, num_actions=3, dim=2)
+    behaviour = torch.softmax(torch.randn(2, 3, dtype=torch.float64, generator=generator), -1)
+    scaled = gu.LinearBTBandit(scale * bandit.features, bandit.theta_star / scale,
+                               bandit.ref_probs, bandit.context_probs, bandit.eta)
+    assert offline.asymptotic_suboptimality(scaled, behaviour) == pytest.approx(
+        offline.asymptotic_suboptimality(bandit, behaviour), rel=1e-9)
+
+
+def test_limit_is_zero_when_all_actions_of_a_context_are_alike():
+    """Identical features within each context: every policy has the value of pi*, C = 0 and
+    I = 0, and the limit is 0 (not a failure of coverage)."""
+    features = torch.tensor([[[1.0, 0.0]] * 3, [[0.0, 1.0]] * 3], dtype=torch.float64)
+    bandit = gu.LinearBTBandit(features, torch.tensor([0.5, -0.5], dtype=torch.float64),
+                               torch.full((2, 3), 1 / 3, dtype=torch.float64),
+                               torch.full((2,), 0.5, dtype=torch.float64), 1.0)
+    assert offline.asymptotic_suboptimality(bandit, bandit.ref_probs) == 0.0
