@@ -155,7 +155,7 @@ def main() -> None:
         text = args.write.read_text()
         head, rest = text.split(START)
         tail = rest.split(END)[1]
-        body = "\n".join(["", *table, "", "## Surviving mutants", *sections, ""])
+        body = "\n".join(["", "## Scores", "", *table, "", "## Surviving mutants", *sections, ""])
         atomic_write_text(args.write, head + START + body + END + tail)
         print(f"\n{args.write}: {len(unexplained)} survivors not explained")
 
