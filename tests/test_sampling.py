@@ -319,6 +319,9 @@ def test_stage_temperatures_and_schedule():
     # 1/eta_eff_k = 1/eta_k - 1/eta_{k-1}, eta_0 = inf
     assert torch.allclose(1 / temps, torch.tensor([1.0, 9.0, 90.0], dtype=torch.float64))
     assert (1 / temps).sum().item() == pytest.approx(1 / 0.01)
+    # A list of Python floats is read in float64: 1/(1/0.1 - 1/0.3) = 0.15 to round-off (a
+    # float32 reading of 0.3 and 0.1 would move it by about 1e-8).
+    assert sampling.stage_temperatures([0.3, 0.1])[1].item() == pytest.approx(0.15, rel=1e-14)
     with pytest.raises(ValueError, match="decreasing"):
         sampling.stage_temperatures([0.1, 0.2])
     with pytest.raises(ValueError, match="eta_end"):
