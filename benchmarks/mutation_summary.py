@@ -5,7 +5,8 @@ Prints a Markdown table: killed, survived, no test, timeout, and the score = det
 counts mutants of functions that no selected unit test calls (notebook-only code).
 
 ``--survivors`` lists every surviving mutant (``mutmut show NAME`` prints its diff);
-``--unexplained`` lists those with no reason, or a stale one, in ``benchmarks/mutation_reasons``;
+``--unexplained`` lists those with no reason, or a stale one, in ``benchmarks/mutation_reasons``
+(and the reasons left for mutants that no longer survive);
 ``--write benchmarks/mutation.md`` replaces the part of that file between its two
 ``mutation-summary`` markers with the score table and, per module, every survivor, its change and
 why it survives. Run from the project's root (mutmut reads ``mutants/`` there).
@@ -107,12 +108,16 @@ def explanation(entry: dict | None, changed: str, kinds: dict[str, str]) -> str 
     return kinds[why.removeprefix("kind:")] if why.startswith("kind:") else why
 
 
-def survivor_sections(root: Path, kinds, reasons) -> tuple[list[str], list[str]]:
-    """Markdown tables of the survivors per module, and the names left unexplained."""
-    lines, unexplained = [], []
+def survivor_sections(root: Path, kinds, reasons) -> tuple[list[str], list[str], list[str]]:
+    """Markdown tables of the survivors per module, the names left unexplained, and the reasons
+    recorded for mutants that no longer survive (to delete from the toml)."""
+    lines, unexplained, unused = [], [], []
     for module in MODULES:
         names = sorted(name for name, status in module_statuses(root, module).items()
                        if status == "survived")
+        shorts = {name.removeprefix(f"gsfh_utils.{module}.").removeprefix("x_")
+                  for name in names}
+        unused += [f"{module}: {short}" for short in reasons[module] if short not in shorts]
         if not names:
             continue
         lines += ["", f"### {module} ({len(names)} survivors)", "",
@@ -124,7 +129,7 @@ def survivor_sections(root: Path, kinds, reasons) -> tuple[list[str], list[str]]
             if why is None:
                 unexplained.append(name)
             lines.append(f"| {short} | {changed} | {why or '**not explained**'} |")
-    return lines, unexplained
+    return lines, unexplained, unused
 
 
 def main() -> None:
@@ -147,10 +152,12 @@ def main() -> None:
     if not (args.unexplained or args.write):
         return
     kinds, reasons = load_reasons()
-    sections, unexplained = survivor_sections(args.root, kinds, reasons)
+    sections, unexplained, unused = survivor_sections(args.root, kinds, reasons)
     if args.unexplained:
         print()
         print("\n".join(f"{name}  {change(name)}" for name in unexplained))
+        if unused:
+            print("\nreasons for mutants that no longer survive:\n" + "\n".join(unused))
     if args.write:
         text = args.write.read_text()
         head, rest = text.split(START)
