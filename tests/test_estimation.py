@@ -421,3 +421,41 @@ def test_data_checks_are_described_in_full(monkeypatch):
     whole = estimation.fit_bt_mle(z, labels, 1.0)
     monkeypatch.setattr(estimation, "CHUNK_BYTES", 1)
     assert torch.allclose(estimation.fit_bt_mle(z, labels, 1.0), whole, atol=1e-12)
+
+
+def test_float32_inputs_are_read_in_float64():
+    """Tensor inputs are read with ``as_tensor(..., dtype=float64)``: a float32 tensor gives
+    exactly the result of its float64 copy, in float64."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 3, generator=g)
+    labels = (torch.rand(6, generator=g) < 0.5).float()
+    theta = torch.randn(3, generator=g)
+    features = torch.randn(2, 4, 3, generator=g)
+    ref = torch.softmax(torch.randn(2, 4, generator=g), -1)
+    root = torch.randn(3, 3, generator=g)
+    sigma = root @ root.T + torch.eye(3)
+
+    def both(function, *args, **kwargs):
+        wide = [a.double() if isinstance(a, torch.Tensor) else a for a in args]
+        return function(*args, **kwargs), function(*wide, **kwargs)
+
+    def labels_only(function):  # these read only the labels themselves
+        return (function(theta.double(), z.double(), labels, 0.5),
+                function(theta.double(), z.double(), labels.double(), 0.5))
+
+    for got, expected in [labels_only(estimation.bt_objective),
+                          labels_only(estimation.bt_gradient),
+                          both(estimation.fit_bt_mle, z, labels, 0.5),
+                          both(estimation.sigma_d, z, 0.5),
+                          both(estimation.sigma_norm, features, sigma),
+                          both(estimation.inverse_sigma_norm, features, sigma),
+                          both(estimation.whitener, sigma),
+                          both(estimation.reference_vectors, features, ref)]:
+        assert got.dtype == torch.float64 and torch.equal(got, expected)
+    got, expected = both(estimation.reward_difference_bound, features, 1.0)
+    assert got == expected
+    radii = [estimation.bootstrap_radius(diffs, theta_hat=center, reg=0.5, delta=0.1,
+                                         num_bootstrap=4,
+                                         generator=torch.Generator().manual_seed(1))
+             for diffs, center in [(z, theta), (z.double(), theta.double())]]
+    assert radii[0].dtype == torch.float64 and torch.equal(*radii)
