@@ -276,3 +276,27 @@ def test_one_unweighted_problem_and_its_objective():
     objective = po.policy_objective(single.policy, rewards=rewards[0], ref_probs=ref[0], eta=0.5)
     assert objective.shape == () and objective.item() == pytest.approx(single.objective.item(),
                                                                        rel=1e-12)
+
+
+def test_float32_inputs_are_read_in_float64():
+    """Tensor inputs (features, w, prompt weights, a starting point) are read in float64: a
+    float32 tensor gives exactly the result of its float64 copy."""
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randn(3, 4, dtype=torch.float64, generator=g)
+    ref = torch.softmax(torch.randn(3, 4, dtype=torch.float64, generator=g), -1)
+    psi = torch.randn(3, 4, 2, generator=g)
+    w = torch.randn(2, generator=g)
+    weights = torch.rand(3, generator=g) + 0.5
+    narrow = dict(policy_features=psi, context_weights=weights)
+    wide = dict(policy_features=psi.double(), context_weights=weights.double())
+    got = po.log_linear_policy(ref, policy_features=psi, w=w)
+    assert got.dtype == torch.float64
+    assert torch.equal(got, po.log_linear_policy(ref, policy_features=psi.double(),
+                                                 w=w.double()))
+    for a, b in zip(po.objective_derivatives(w, rewards=rewards, ref_probs=ref, eta=0.5, **narrow),
+                    po.objective_derivatives(w.double(), rewards=rewards, ref_probs=ref, eta=0.5,
+                                             **wide), strict=True):
+        assert a.dtype == torch.float64 and torch.equal(a, b)
+    fits = [po.optimize_policy(rewards, ref_probs=ref, eta=0.5, initial_w=start, **kwargs).w
+            for start, kwargs in [(w, narrow), (w.double(), wide)]]
+    assert fits[0].dtype == torch.float64 and torch.equal(*fits)
