@@ -6,7 +6,7 @@ counts mutants of functions that no selected unit test calls (notebook-only code
 
 ``--survivors`` lists every surviving mutant (``mutmut show NAME`` prints its diff);
 ``--unexplained`` lists those with no reason, or a stale one, in ``benchmarks/mutation_reasons``
-(and the reasons left for mutants that no longer survive);
+(and the reasons left for mutants that no longer survive, which ``--prune`` deletes);
 ``--write benchmarks/mutation.md`` replaces the part of that file between its two
 ``mutation-summary`` markers with the score table and, per module, every survivor, its change and
 why it survives. Run from the project's root (mutmut reads ``mutants/`` there).
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 import tomllib
 from collections import Counter
@@ -132,6 +133,19 @@ def survivor_sections(root: Path, kinds, reasons) -> tuple[list[str], list[str],
     return lines, unexplained, unused
 
 
+def prune(unused: list[str]) -> None:
+    """Delete the reasons of mutants that no longer survive (``module: name`` entries)."""
+    for module in MODULES:
+        names = {entry.partition(": ")[2] for entry in unused if entry.startswith(f"{module}: ")}
+        if not names:
+            continue
+        path = REASONS / f"{module}.toml"
+        blocks = re.split(r"\n(?=\[)", path.read_text())
+        kept = [block for block in blocks if not any(
+            block.startswith(f"[{json.dumps(name, ensure_ascii=False)}]") for name in names)]
+        atomic_write_text(path, "\n".join(kept).rstrip("\n") + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, default=Path("mutants"))
@@ -139,6 +153,8 @@ def main() -> None:
     parser.add_argument("--unexplained", action="store_true",
                         help="list survivors without a current reason, with their change")
     parser.add_argument("--write", type=Path, help="the Markdown file whose summary to replace")
+    parser.add_argument("--prune", action="store_true",
+                        help="delete the reasons of mutants that no longer survive")
     args = parser.parse_args()
     table = ["| module | mutants | killed | survived | no test | timeout | not checked | score |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -149,7 +165,7 @@ def main() -> None:
         print("\n".join(sorted(name for module in MODULES for name, status in
                                module_statuses(args.root, module).items()
                                if status == "survived")))
-    if not (args.unexplained or args.write):
+    if not (args.unexplained or args.write or args.prune):
         return
     kinds, reasons = load_reasons()
     sections, unexplained, unused = survivor_sections(args.root, kinds, reasons)
@@ -158,6 +174,9 @@ def main() -> None:
         print("\n".join(f"{name}  {change(name)}" for name in unexplained))
         if unused:
             print("\nreasons for mutants that no longer survive:\n" + "\n".join(unused))
+    if args.prune:
+        prune(unused)
+        print(f"pruned {len(unused)} reasons")
     if args.write:
         text = args.write.read_text()
         head, rest = text.split(START)
