@@ -768,3 +768,23 @@ def test_bt_likelihood_identity_error_over_two_batch_dimensions_and_on_inconsist
     flipped = gu.Preferences(data.contexts, data.first_actions, data.second_actions,
                              data.labels, -data.feature_diffs)
     assert dpo.bt_likelihood_identity_error(bandit, flipped, w).max() > 1e6
+
+
+def test_float32_inputs_are_read_in_float64():
+    """Pair differences, weights, features and scores given as float32 tensors give exactly the
+    result of their float64 copies (they are read with ``as_tensor(..., dtype=float64)``)."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 5, 3, generator=g)
+    weights = torch.rand(2, 5, generator=g) + 0.5
+    fits = [dpo.train_dpo_linear(pairs, eta=0.7, reg=0.3, weights=w).w
+            for pairs, w in [(z, weights), (z.double(), weights.double())]]
+    assert fits[0].dtype == torch.float64 and torch.equal(*fits)
+    features = torch.randn(3, 4, 2, generator=g)
+    index = dict(contexts=torch.tensor([0, 2, 1]), first=torch.tensor([1, 0, 3]),
+                 second=torch.tensor([2, 3, 0]))
+    diffs = [dpo.pair_feature_diffs(f, **index) for f in (features, features.double())]
+    assert diffs[0].dtype == torch.float64 and torch.equal(*diffs)
+    scores = [[0.1, 0.3 + 1e-9, 0.3]]  # a list: 0.3 + 1e-9 and 0.3 tie in float32 only
+    picks = [dpo.select_pairs(s, "max_min", torch.Generator().manual_seed(1))
+             for s in (scores, torch.tensor(scores, dtype=torch.float64))]
+    assert all(torch.equal(a, b) for a, b in zip(*picks, strict=True))
