@@ -214,14 +214,6 @@ def test_trainer_rejects_a_bad_bonus(changes, word):
                               rejected=data.second_actions, eta=0.5, reg=1.0, **changes)
 
 
-def test_linear_trainer_checks_offsets_and_centre():
-    z = torch.randn(2, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError, match="margin_offsets"):
-        dpo.train_dpo_linear(z, eta=1.0, reg=1.0, margin_offsets=torch.zeros(4))
-    with pytest.raises(ValueError, match="ridge_center"):
-        dpo.train_dpo_linear(z, eta=1.0, reg=1.0, ridge_center=torch.full((3,), math.inf))
-
-
 def test_tabular_bandit_has_the_same_rewards_with_one_logit_per_response():
     generator = torch.Generator().manual_seed(3)
     bandit = gu.LinearBTBandit.random(num_contexts=3, num_actions=4, dim=2, norm_bound=2.0,
