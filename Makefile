@@ -9,7 +9,7 @@ SPEC ?= sweeps/quick.yaml
 # MathJax 3 for the book, pinned in package-lock.json (npm ci installs exactly that).
 MATHJAX := node_modules/mathjax/es5/tex-chtml.js
 
-.PHONY: install reproduce test test-thorough mutate notebook lab lint benchmark sweep book verify \
+.PHONY: install reproduce test test-unit test-thorough mutate notebook lab lint benchmark sweep book verify \
 	clean
 
 install: $(STAMP) $(MATHJAX)
@@ -37,6 +37,11 @@ verify: $(STAMP)
 ## Unit and property tests, every notebook at the small profile, the book read in Chromium.
 test: $(STAMP) $(MATHJAX)
 	$(BIN)/python -m pytest
+
+## Unit and property tests only (no notebook, no browser, no test that waits for other
+## processes), on every core (pytest-xdist) and without coverage: the quick check while editing.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -n auto -m "not notebook and not browser and not integration" --no-cov
 
 ## Unit and property tests only, with ten times more (randomised) hypothesis examples.
 test-thorough: $(STAMP)

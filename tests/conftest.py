@@ -207,6 +207,15 @@ def _start(name):
     return _handles[name]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """A test that waits for processes started after collection (a ``prestart`` fixture, also
+    through another fixture) is an integration test: ``-m "not integration"`` leaves it out."""
+    for item in items:
+        if PRESTART.keys() & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 def pytest_collection_finish(session):
     if session.config.option.collectonly:
         return
