@@ -691,3 +691,59 @@ def test_expected_pessimism_where_newton_on_the_multiplier_leaves_its_bracket(
     v = offline.policy_direction(bandit, solution.policy)
     pull = -sigma @ shift
     assert torch.allclose(v / v.norm(), pull / pull.norm(), atol=1e-8)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.9])
+def test_multiplier_search_converges_like_newton(monkeypatch, fraction):
+    """Safeguarded Newton on phi(log mu) = 1/||theta(mu) - theta_hat||_Sigma - 1/beta (section 3,
+    "Offline Learning with Pessimism": the constraint of the pessimistic parameter is active).
+    Its bracket on log mu is 60 ln 2 wide and the stopping rule asks for the radius to 1e-13
+    relative, so halving alone would need about 40 outer steps; Newton, quadratic near the root,
+    needs a handful (7 and 9 here). Each outer step is one proximal-point solve, counted by
+    wrapping it: at most 20 are allowed. The radius is met to 1e-12 relative (the rule's 1e-13,
+    with room for the round-off of the final distance)."""
+    bandit, theta_hat, sigma = small_problem(0, scale=6.0)
+    beta = fraction * estimation.sigma_norm(theta_hat, sigma).item()
+    calls = []
+    solve = offline._proximal_point
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(offline, "_proximal_point", counted)
+    solution = offline.expected_pessimism_policy(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                 beta=beta)
+    assert len(calls) <= 20
+    radius = estimation.sigma_norm(solution.parameter - theta_hat, sigma).item()
+    assert radius == pytest.approx(beta, rel=1e-12)
+
+
+def test_mirror_ascent_without_a_batch_dimension():
+    """theta_hat [d] and sigma [d, d] (no leading dimension): the same policy as the rows of a
+    call batched over two estimates."""
+    bandit, theta_hat, sigma = small_problem(18, batch=(2,), scale=3.0)
+    batched = offline.expected_pessimism_mirror_ascent(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                       beta=0.5, num_steps=20)
+    for row in range(2):
+        single = offline.expected_pessimism_mirror_ascent(
+            bandit, theta_hat=theta_hat[row], sigma=sigma[row], beta=0.5, num_steps=20)
+        assert single.shape == (3, 4)
+        torch.testing.assert_close(single, batched[row], rtol=0, atol=1e-14)
+
+
+def test_pointwise_rewards_with_a_two_dimensional_radius():
+    """beta [2, 5] against theta_hat [2, 5, d] and one sigma: entry (i, j) is the unbatched
+    call with theta_hat[i, j] and beta[i, j]."""
+    bandit, _, sigma = small_problem(19)
+    generator = torch.Generator().manual_seed(19)
+    theta_hat = torch.randn(2, 5, 3, dtype=torch.float64, generator=generator)
+    beta = torch.rand(2, 5, dtype=torch.float64, generator=generator)
+    rewards = offline.pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                    beta=beta)
+    assert rewards.shape == (2, 5, 3, 4)
+    for i in range(2):
+        for j in range(5):
+            single = offline.pointwise_pessimistic_rewards(
+                bandit, theta_hat=theta_hat[i, j], sigma=sigma, beta=beta[i, j].item())
+            torch.testing.assert_close(rewards[i, j], single, rtol=0, atol=1e-14)
