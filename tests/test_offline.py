@@ -357,6 +357,10 @@ def test_fit_offline_grid_against_a_loop_over_cells():
                                   torch.einsum("si,sij,sj->s", error, sigma, error).sqrt())
             assert torch.allclose(fits.error_euclid[m, n], error.norm(dim=-1))
     assert torch.isnan(fits.bootstrap_radius).all()
+    # float64 like every other field, also where no size is bootstrapped (all nan).
+    for field in (fits.theta_hat, fits.sigma, fits.error_sigma, fits.error_euclid,
+                  fits.bootstrap_radius):
+        assert field.dtype == torch.float64
 
 
 def test_evaluate_offline_against_the_gap_identity():
@@ -752,3 +756,34 @@ def test_pointwise_rewards_with_a_two_dimensional_radius():
             single = offline.pointwise_pessimistic_rewards(
                 bandit, theta_hat=theta_hat[i, j], sigma=sigma, beta=beta[i, j].item())
             torch.testing.assert_close(rewards[i, j], single, rtol=0, atol=1e-14)
+
+
+def test_trap_instance_numbers_are_float64_exact():
+    """A trap weight (1.2) and a context law (1/3) that float32 cannot hold: theta* ends in
+    exactly -1.2, has norm B = 2 to round-off, and d0 is exactly the float64 1/3."""
+    trap = offline.trap_instance(num_contexts=3, num_actions=4, dim=3, num_traps=1,
+                                 norm_bound=2.0, trap_weight=1.2, eta=0.5,
+                                 generator=torch.Generator().manual_seed(5))
+    theta_star = trap.bandit.theta_star
+    assert theta_star[-1].item() == -1.2
+    assert theta_star.norm().item() == pytest.approx(2.0, rel=1e-15)
+    assert (trap.bandit.context_probs == 1 / 3).all()
+
+
+@pytest.mark.parametrize("beta", [0.5, 1e9])
+def test_expected_pessimism_certificate_at_v_zero_for_any_radius(beta):
+    """Exact arithmetic (phi = +-e1, pi0 uniform, so v(pi0) = 0 exactly and ||v||_{Sigma^-1} =
+    0): theta_hat = (1, 0) is inside the ellipsoid for beta >= 1, the answer is pi0 with
+    theta_tilde = 0 and a zero duality gap, for any finite radius, however large (the
+    best-response formula divides by ||v|| and must not be used at v = 0)."""
+    features = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]], dtype=torch.float64)
+    bandit = gu.LinearBTBandit(features, torch.zeros(2, dtype=torch.float64),
+                               torch.full((1, 2), 0.5, dtype=torch.float64),
+                               torch.ones(1, dtype=torch.float64), 0.5)
+    theta_hat = torch.tensor([0.3, 0.0], dtype=torch.float64)
+    solution = offline.expected_pessimism_policy(bandit, theta_hat=theta_hat,
+                                                 sigma=torch.eye(2, dtype=torch.float64),
+                                                 beta=beta)
+    assert (solution.parameter == 0).all()
+    assert torch.equal(solution.policy, bandit.ref_probs)
+    assert solution.duality_gap.item() == 0
