@@ -787,3 +787,26 @@ def test_expected_pessimism_certificate_at_v_zero_for_any_radius(beta):
     assert (solution.parameter == 0).all()
     assert torch.equal(solution.policy, bandit.ref_probs)
     assert solution.duality_gap.item() == 0
+
+
+@pytest.mark.parametrize(("seed", "scale"), [(8, 0.5), (0, 8.0)])
+def test_expected_pessimism_batch_of_three_against_unbatched_solves(seed, scale):
+    """Three problems with random radii below ||theta_hat||_Sigma (constraint active), solved
+    in one batched call (found by a scan of 90 such batches): each row is, to round-off, the
+    solution of its own unbatched problem, with the radius met and a duality gap at round-off.
+    The inner Newton solve's line search compares the objective of each problem on its own;
+    pooled over the batch it stalls some problems short of their minimiser."""
+    bandit, theta_hat, sigma = small_problem(seed, batch=(3,), scale=scale)
+    generator = torch.Generator().manual_seed(seed)
+    beta = estimation.sigma_norm(theta_hat, sigma) * torch.rand(3, dtype=torch.float64,
+                                                                generator=generator)
+    solution = offline.expected_pessimism_policy(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                 beta=beta)
+    for row in range(3):
+        single = offline.expected_pessimism_policy(bandit, theta_hat=theta_hat[row],
+                                                   sigma=sigma[row], beta=beta[row])
+        torch.testing.assert_close(solution.parameter[row], single.parameter, rtol=0,
+                                   atol=1e-12)
+        radius = estimation.sigma_norm(solution.parameter[row] - theta_hat[row], sigma[row])
+        assert radius.item() == pytest.approx(beta[row].item(), rel=1e-12)
+    assert (solution.duality_gap <= 1e-14).all()
