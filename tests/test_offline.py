@@ -708,8 +708,8 @@ def test_multiplier_search_converges_like_newton(monkeypatch, fraction):
     Its bracket on log mu is 60 ln 2 wide and the stopping rule asks for the radius to 1e-13
     relative, so halving alone would need some 40 to 50 outer steps (log2 of 42 / 1e-13 is 48);
     Newton, quadratic near the root, needs a handful (7 and 9 here). Each outer step is one
-    proximal-point solve, counted by wrapping it: at most 20 are allowed. The radius is met to 1e-12 relative (the rule's 1e-13,
-    with room for the round-off of the final distance)."""
+    proximal-point solve, counted by wrapping it: at most 20 are allowed. The radius is met to
+    1e-12 relative (the rule's 1e-13, with room for the round-off of the final distance)."""
     bandit, theta_hat, sigma = small_problem(0, scale=6.0)
     beta = fraction * estimation.sigma_norm(theta_hat, sigma).item()
     calls = []
