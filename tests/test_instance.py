@@ -527,3 +527,15 @@ def test_preferences_without_a_batch_dimension_concat():
     for name in ("contexts", "first_actions", "second_actions", "labels"):
         assert torch.equal(getattr(both, name), torch.cat([getattr(first, name),
                                                            getattr(second, name)]))
+
+
+def test_mean_features_reads_a_list_policy_in_float64():
+    """A policy given as nested Python lists is read in float64 (as the class stores its fields):
+    entries such as 1/3 and 1/7, not exact in float32, give the float64 mean to round-off."""
+    bandit = make_bandit(zeros=False)
+    policy = [[1 / 3, 1 / 3, 1 / 7, 1 / 7, 1 - 2 / 3 - 2 / 7]] * 4
+    mean = sum(bandit.context_probs[x] * policy[x][a] * bandit.features[x, a]
+               for x in range(4) for a in range(5))
+    result = bandit.mean_features(policy)
+    assert result.dtype == F64
+    torch.testing.assert_close(result, mean, rtol=1e-14, atol=1e-15)

@@ -204,6 +204,12 @@ def test_mean_error_ratio_is_round_off_for_k1_only():
     q = torch.tensor([[0.2, 0.2, 0.6], [0.3, 0.3, 0.4]], dtype=torch.float64)
     assert (mean_error_ratio(p, q, "k1") <= 1).all()
     assert (mean_error_ratio(p, q, "k2") > 1e6).all()
+    # batched over rows: each row is the ratio of its own distribution (its own bound)
+    for name in ("k1", "k2"):
+        batched = mean_error_ratio(p, q, name)
+        for row in range(2):
+            single = mean_error_ratio(p[row], q[row], name)
+            assert batched[row].item() == pytest.approx(single.item(), rel=1e-12)
     # the value by hand, p with a zero: |E k2 - KL| / ((K + 8) u sum_a p (|log p/q| + q/p + 1))
     p0 = [0.0, 0.4, 0.6]
     q0 = [0.2, 0.3, 0.5]

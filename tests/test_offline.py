@@ -94,13 +94,15 @@ def test_expected_pessimism_brute_force_on_a_grid():
     assert values.max() >= best - 1e-3  # the grid is fine enough to come close
 
 
-@pytest.mark.parametrize("seed,beta", [(4, 0.3), (5, 1.0), (6, 2.5)])
-def test_expected_pessimism_agrees_with_mirror_ascent(seed, beta):
-    bandit, theta_hat, sigma = small_problem(seed, batch=(2,), scale=4.0)
+@pytest.mark.parametrize("seed,beta,eta", [(4, 0.3, 0.5), (5, 1.0, 0.5), (6, 2.5, 0.5),
+                                           (5, 1.0, 0.1)])
+def test_expected_pessimism_agrees_with_mirror_ascent(seed, beta, eta):
+    """The mirror-ascent reference at its defaults (step 0.1 / eta, 2000 steps) reaches the
+    certified solver's maximum, also at a small eta (0.1)."""
+    bandit, theta_hat, sigma = small_problem(seed, batch=(2,), scale=4.0, eta=eta)
     estimate = dict(theta_hat=theta_hat, sigma=sigma, beta=beta)
     solution = offline.expected_pessimism_policy(bandit, **estimate)
-    mirror = offline.expected_pessimism_mirror_ascent(bandit, **estimate, step_size=0.2,
-                                                      num_steps=3000)
+    mirror = offline.expected_pessimism_mirror_ascent(bandit, **estimate)  # its defaults
     f_solver = offline.expected_pessimism_objective(bandit, solution.policy, **estimate)
     f_mirror = offline.expected_pessimism_objective(bandit, mirror, **estimate)
     assert (f_solver >= f_mirror - 1e-10).all()  # the certified solver is at least as good
@@ -357,6 +359,10 @@ def test_fit_offline_grid_against_a_loop_over_cells():
                                   torch.einsum("si,sij,sj->s", error, sigma, error).sqrt())
             assert torch.allclose(fits.error_euclid[m, n], error.norm(dim=-1))
     assert torch.isnan(fits.bootstrap_radius).all()
+    # float64 like every other field, also where no size is bootstrapped (all nan).
+    for field in (fits.theta_hat, fits.sigma, fits.error_sigma, fits.error_euclid,
+                  fits.bootstrap_radius):
+        assert field.dtype == torch.float64
 
 
 def test_evaluate_offline_against_the_gap_identity():
@@ -674,13 +680,18 @@ def test_trap_instance_ordinary_features_replayed_in_three_dimensions():
     (1.5512647622331714, 1.2477103170583101, 0.868056782068238, 4.305531228277316,
      0.09569265532514919, 0.9232714779225486),
     (0.09030800461699155, 1.6434652883483427, 0.08296322324225525, 1.7856535225728243,
-     0.015337984643555723, 0.9923308090818752)])
+     0.015337984643555723, 0.9923308090818752),
+    (0.36468914360357174, 1.219338615840446, 0.4110961642787554, 3.708366530543219,
+     0.09819204849267354, 0.9280872650326882)])
 def test_expected_pessimism_where_newton_on_the_multiplier_leaves_its_bracket(
         eta, beta, fraction, angle, coverage, good_mass):
     """Hidden-direction instances (found by the property test above) where the Newton step on
     log mu leaves the bracket and the solver halves its way to the bracket's end instead: the
     pessimistic parameter still lands on the boundary of the ellipsoid, where v(pi) is
-    anti-parallel to Sigma (theta_tilde - theta_hat) (the optimality condition)."""
+    anti-parallel to Sigma (theta_tilde - theta_hat) (the optimality condition). In the third
+    (found by a scan of 300 such instances) Newton leaves the bracket from a feasible multiplier
+    with phi = 1/||theta(mu) - theta_hat||_Sigma - 1/beta = 0.72: there mu is too large, so the
+    halving must head to the bracket's lower end (heading up, to the current point, stalls)."""
     bandit, sigma = hidden_direction_problem(eta, coverage, good_mass)
     u = torch.tensor([math.cos(angle), math.sin(angle)], dtype=torch.float64)
     theta_hat = bandit.theta_star + fraction * beta * u / estimation.sigma_norm(u, sigma)
@@ -691,3 +702,113 @@ def test_expected_pessimism_where_newton_on_the_multiplier_leaves_its_bracket(
     v = offline.policy_direction(bandit, solution.policy)
     pull = -sigma @ shift
     assert torch.allclose(v / v.norm(), pull / pull.norm(), atol=1e-8)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.9])
+def test_multiplier_search_converges_like_newton(monkeypatch, fraction):
+    """Safeguarded Newton on phi(log mu) = 1/||theta(mu) - theta_hat||_Sigma - 1/beta (section 3,
+    "Offline Learning with Pessimism": the constraint of the pessimistic parameter is active).
+    Its bracket on log mu is 60 ln 2 wide and the stopping rule asks for the radius to 1e-13
+    relative, so halving alone would need some 40 to 50 outer steps (log2 of 42 / 1e-13 is 48);
+    Newton, quadratic near the root, needs a handful (7 and 9 here). Each outer step is one
+    proximal-point solve, counted by wrapping it: at most 20 are allowed. The radius is met to
+    1e-12 relative (the rule's 1e-13, with room for the round-off of the final distance)."""
+    bandit, theta_hat, sigma = small_problem(0, scale=6.0)
+    beta = fraction * estimation.sigma_norm(theta_hat, sigma).item()
+    calls = []
+    solve = offline._proximal_point
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(offline, "_proximal_point", counted)
+    solution = offline.expected_pessimism_policy(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                 beta=beta)
+    assert len(calls) <= 20
+    radius = estimation.sigma_norm(solution.parameter - theta_hat, sigma).item()
+    assert radius == pytest.approx(beta, rel=1e-12)
+
+
+def test_mirror_ascent_without_a_batch_dimension():
+    """theta_hat [d] and sigma [d, d] (no leading dimension): the same policy as the rows of a
+    call batched over two estimates."""
+    bandit, theta_hat, sigma = small_problem(18, batch=(2,), scale=3.0)
+    batched = offline.expected_pessimism_mirror_ascent(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                       beta=0.5, num_steps=20)
+    for row in range(2):
+        single = offline.expected_pessimism_mirror_ascent(
+            bandit, theta_hat=theta_hat[row], sigma=sigma[row], beta=0.5, num_steps=20)
+        assert single.shape == (3, 4)
+        torch.testing.assert_close(single, batched[row], rtol=0, atol=1e-14)
+
+
+def test_pointwise_rewards_with_a_two_dimensional_radius():
+    """beta [2, 5] against theta_hat [2, 5, d] and one sigma: entry (i, j) is the unbatched
+    call with theta_hat[i, j] and beta[i, j]."""
+    bandit, _, sigma = small_problem(19)
+    generator = torch.Generator().manual_seed(19)
+    theta_hat = torch.randn(2, 5, 3, dtype=torch.float64, generator=generator)
+    beta = torch.rand(2, 5, dtype=torch.float64, generator=generator)
+    rewards = offline.pointwise_pessimistic_rewards(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                    beta=beta)
+    assert rewards.shape == (2, 5, 3, 4)
+    for i in range(2):
+        for j in range(5):
+            single = offline.pointwise_pessimistic_rewards(
+                bandit, theta_hat=theta_hat[i, j], sigma=sigma, beta=beta[i, j].item())
+            torch.testing.assert_close(rewards[i, j], single, rtol=0, atol=1e-14)
+
+
+def test_trap_instance_numbers_are_float64_exact():
+    """A trap weight (1.2) and a context law (1/3) that float32 cannot hold: theta* ends in
+    exactly -1.2, has norm B = 2 to round-off, and d0 is exactly the float64 1/3."""
+    trap = offline.trap_instance(num_contexts=3, num_actions=4, dim=3, num_traps=1,
+                                 norm_bound=2.0, trap_weight=1.2, eta=0.5,
+                                 generator=torch.Generator().manual_seed(5))
+    theta_star = trap.bandit.theta_star
+    assert theta_star[-1].item() == -1.2
+    assert theta_star.norm().item() == pytest.approx(2.0, rel=1e-15)
+    assert (trap.bandit.context_probs == 1 / 3).all()
+
+
+@pytest.mark.parametrize("beta", [0.5, 1e9])
+def test_expected_pessimism_certificate_at_v_zero_for_any_radius(beta):
+    """Exact arithmetic (phi = +-e1, pi0 uniform, so v(pi0) = 0 exactly and ||v||_{Sigma^-1} =
+    0): theta_hat = (1, 0) is inside the ellipsoid for beta >= 1, the answer is pi0 with
+    theta_tilde = 0 and a zero duality gap, for any finite radius, however large (the
+    best-response formula divides by ||v|| and must not be used at v = 0)."""
+    features = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]], dtype=torch.float64)
+    bandit = gu.LinearBTBandit(features, torch.zeros(2, dtype=torch.float64),
+                               torch.full((1, 2), 0.5, dtype=torch.float64),
+                               torch.ones(1, dtype=torch.float64), 0.5)
+    theta_hat = torch.tensor([0.3, 0.0], dtype=torch.float64)
+    solution = offline.expected_pessimism_policy(bandit, theta_hat=theta_hat,
+                                                 sigma=torch.eye(2, dtype=torch.float64),
+                                                 beta=beta)
+    assert (solution.parameter == 0).all()
+    assert torch.equal(solution.policy, bandit.ref_probs)
+    assert solution.duality_gap.item() == 0
+
+
+@pytest.mark.parametrize(("seed", "scale"), [(8, 0.5), (0, 8.0)])
+def test_expected_pessimism_batch_of_three_against_unbatched_solves(seed, scale):
+    """Three problems with random radii below ||theta_hat||_Sigma (constraint active), solved
+    in one batched call (found by a scan of 90 such batches): each row is, to round-off, the
+    solution of its own unbatched problem, with the radius met and a duality gap at round-off.
+    The inner Newton solve's line search compares the objective of each problem on its own;
+    pooled over the batch it stalls some problems short of their minimiser."""
+    bandit, theta_hat, sigma = small_problem(seed, batch=(3,), scale=scale)
+    generator = torch.Generator().manual_seed(seed)
+    beta = estimation.sigma_norm(theta_hat, sigma) * torch.rand(3, dtype=torch.float64,
+                                                                generator=generator)
+    solution = offline.expected_pessimism_policy(bandit, theta_hat=theta_hat, sigma=sigma,
+                                                 beta=beta)
+    for row in range(3):
+        single = offline.expected_pessimism_policy(bandit, theta_hat=theta_hat[row],
+                                                   sigma=sigma[row], beta=beta[row])
+        torch.testing.assert_close(solution.parameter[row], single.parameter, rtol=0,
+                                   atol=1e-12)
+        radius = estimation.sigma_norm(solution.parameter[row] - theta_hat[row], sigma[row])
+        assert radius.item() == pytest.approx(beta[row].item(), rel=1e-12)
+    assert (solution.duality_gap <= 1e-14).all()

@@ -349,3 +349,30 @@ def test_draws_are_float64_and_bad_counts_are_named():
         arguments[name] = 0
         with pytest.raises(ValueError, match=f"^{name}"):
             oop.ContinuousBandit.random(**arguments)
+
+
+def test_tabular_coincidence_for_any_batch_of_seeds():
+    """Data sets batched as [2, 2] and one without a batch dimension: entry (i, j) of the batched
+    gap is the call on data set (i, j) alone (to the solvers' tolerances; two entries checked),
+    within its bound. And a context law with zeros (no data on the last two prompts): the
+    oracle is pi0 there, like DPO, and the identity holds."""
+    from gsfh_utils import LinearBTBandit, Preferences
+
+    g = torch.Generator().manual_seed(11)
+    finite = LinearBTBandit.random(num_contexts=4, num_actions=5, dim=3, norm_bound=2.0,
+                                   eta=0.4, generator=g)
+    data = finite.sample_preferences(8, finite.ref_probs, finite.ref_probs, g, (2, 2))
+    gap, bound = oop.tabular_coincidence(finite, data, reg=0.5)
+    assert gap.shape == bound.shape == (2, 2)
+    for i, j in [(0, 1), (1, 0)]:
+        one = Preferences(data.contexts[i, j], data.first_actions[i, j],
+                          data.second_actions[i, j], data.labels[i, j], data.feature_diffs[i, j])
+        single_gap, single_bound = oop.tabular_coincidence(finite, one, reg=0.5)
+        assert single_gap.shape == ()
+        assert single_gap.item() == pytest.approx(gap[i, j].item(), abs=1e-12)
+        assert single_gap <= single_bound < 1e-7
+    sparse = LinearBTBandit(finite.features, finite.theta_star, finite.ref_probs,
+                            torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64), 0.4)
+    data = sparse.sample_preferences(8, sparse.ref_probs, sparse.ref_probs, g, (3,))
+    gap, bound = oop.tabular_coincidence(sparse, data, reg=0.5)
+    assert (gap <= bound).all() and (bound < 1e-7).all()
