@@ -502,6 +502,24 @@ def test_elliptical_potentials_with_initial_sigma():
     assert torch.allclose(nested, torch.stack([potentials, potentials.flip(0)]))
 
 
+def test_elliptical_potentials_batched_sigma_and_two_batch_dimensions():
+    """One ``Sigma_0`` per sequence (``initial_sigma [3, d, d]``), and pairs with two batch
+    dimensions ``[2, 3, n, d]`` from the default ``reg I``: each sequence's potentials are those
+    of its own unbatched call."""
+    generator = torch.Generator().manual_seed(1)
+    z = torch.randn(2, 3, 4, 2, dtype=torch.float64, generator=generator)
+    sigma0 = random_sigma(3, 2, generator)
+    per_sigma = online.elliptical_potentials(z[0], 1.0, sigma0)
+    nested = online.elliptical_potentials(z, 0.5)
+    assert per_sigma.shape == (3, 4) and nested.shape == (2, 3, 4)
+    for j in range(3):
+        assert torch.allclose(per_sigma[j], online.elliptical_potentials(z[0, j], 1.0, sigma0[j]),
+                              rtol=1e-13)
+        for i in range(2):
+            assert torch.allclose(nested[i, j], online.elliptical_potentials(z[i, j], 0.5),
+                                  rtol=1e-13)
+
+
 def test_log_det_bound_closed_form():
     """d log(1 + n L^2 / (d reg)) by hand, for L = 3 and for the default L = 2."""
     assert online.log_det_bound(10, dim=4, reg=0.5, feature_diff_bound=3.0).item() == \
