@@ -259,6 +259,19 @@ def test_rso_pool_equal_to_samples_returns_the_pool():
     assert torch.equal(picked.sort(-1).values, torch.arange(6).expand(50, 6))
 
 
+@pytest.mark.parametrize("pool_size", [2, 10_000])
+def test_rso_select_returns_positions_in_acceptance_order_across_rounds(pool_size):
+    """Positions 1..M-1 share the best reward, position 0 is worse by 1 and eta = 1e-3 gives it
+    acceptance probability exp(-1000) = 0 in the first round: round one accepts 1..M-1 in pool
+    order, round two accepts 0, so the acceptance order is 1, ..., M-1, 0. The last two follow
+    each other from the last pool position to the first; for M = 10^4 their acceptance ranks
+    times (M + 1) plus positions (M^2 - 3 and M^2 - 1) are whole numbers above 2^26."""
+    rewards = torch.ones(pool_size, dtype=torch.float64)
+    rewards[0] = 0.0
+    picked = sampling.rso_select(rewards, pool_size, 1e-3, torch.Generator().manual_seed(0))
+    assert picked.tolist() == [*range(1, pool_size), 0]
+
+
 @given(st.integers(1, 6), st.integers(0, 6), st.floats(1e-3, 1e3), st.integers(0, 2**31 - 1))
 def test_rso_select_without_replacement(num_samples, extra, eta, seed):
     generator = torch.Generator().manual_seed(seed)
