@@ -374,6 +374,10 @@ def test_run_online_enhancer_replays_enhancer_policy():
             for search in ({}, dict(num_random_directions=8, num_refinements=2),
                            dict(num_refinements=3))]
     assert torch.equal(runs[0].second_policies, runs[1].second_policies)
+    # the pairs drawn after the search come from the same stream: the default search drew as
+    # many random directions (8) as the explicit one
+    assert torch.equal(runs[0].data.first_actions, runs[1].data.first_actions)
+    assert torch.equal(runs[0].data.second_actions, runs[1].data.second_actions)
     assert (runs[2].gamma > runs[1].gamma).all()
 
 
@@ -609,6 +613,13 @@ def test_undercovered_instance_bad_input(changes, match):
                      norm_bound=1.0, eta=0.1, generator=torch.Generator(), rare_weight=0.8)
     with pytest.raises(ValueError, match=f"^{match}"):
         online.undercovered_instance(**{**arguments, **changes})
+
+
+def test_undercovered_instance_context_law_is_uniform_in_float64():
+    """d0 is uniform: 1/3 for three contexts, exactly as float64 has it (not 1/3 rounded to
+    float32, 3e-8 away)."""
+    instance = small_instance(num_contexts=3)
+    assert instance.context_probs.tolist() == [1 / 3] * 3
 
 
 def test_undercovered_instance_edge_values_are_accepted():
