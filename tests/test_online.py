@@ -171,6 +171,21 @@ def test_enhancer_refinement_rounds_never_lower_gamma_and_default_to_two():
     assert torch.equal(search().gamma, gammas[2])
 
 
+def test_enhancer_tilt_directions_are_unit_vectors():
+    """The scale grid is that of tilts ``pi1 exp(s <u, phi>)`` with ``||u|| = 1`` (DEFAULT_SCALES),
+    so a returned tilt (scale > 0) names a unit direction, whether the best one is a random start
+    (no refinement) or a refined dual direction."""
+    instance, main, sigma, generator = enhancer_problem(0, beta=1.0, eta=0.3, num=8)
+    for rounds in (0, 2):
+        result = online.enhancer_policy(instance, main, sigma=sigma, beta=1.0,
+                                        generator=generator, num_random_directions=16,
+                                        num_refinements=rounds)
+        used = result.scale > 0
+        assert used.any()
+        norms = result.direction[used].norm(dim=-1)
+        torch.testing.assert_close(norms, torch.ones_like(norms), rtol=1e-12, atol=0)
+
+
 def test_enhancer_falls_back_to_main_when_nothing_is_feasible():
     """With a tiny radius and a large eta only pi1 itself (Gamma = KL = 0) is affordable."""
     instance, main, sigma, generator = enhancer_problem(3, beta=1e-9, eta=1e3)
