@@ -935,7 +935,9 @@ def test_frontier_eta_beyond_reach_is_the_lower_end_of_the_bracket():
     torch.testing.assert_close(eta, t([1e-12, 1e-12]), rtol=1e-6, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="frontier_excess bounds the round-off of "
+# A real bug, reported, not fixed here: remove the marker to see the test fail. Not strict, so a
+# mutant that only inflates the allowance does not count as killed by this test passing.
+@pytest.mark.xfail(strict=False, reason="frontier_excess bounds the round-off of "
                    "eta [KL(pi || pi0) - KL(pi_eta || pi0)] by eta KL, but each KL errs by about "
                    "eps sum_a pi |log(pi/pi0)|, which eta multiplies: Gibbs policies of large eta "
                    "(small KL) show |excess| of 80 to 4000 round-off units")
