@@ -153,6 +153,39 @@ def test_enhancer_close_to_brute_force_in_two_dimensions(seed, beta):
     assert float(result.slack[0]) >= 0
 
 
+def test_enhancer_refinement_rounds_never_lower_gamma_and_default_to_two():
+    """Each refinement round keeps the best tilt found so far (Gamma of rounds 0..3 is
+    non-decreasing, from one stream of random directions); on this instance a third round still
+    finds a larger Gamma for one seed, so the default (two rounds, documented in the signature)
+    is told apart from three."""
+    instance, main, sigma, generator = enhancer_problem(36, beta=1.0, eta=0.3)
+    state = generator.get_state()
+
+    def search(**rounds):
+        return online.enhancer_policy(instance, main, sigma=sigma, beta=1.0,
+                                      generator=torch.Generator().set_state(state), **rounds)
+
+    gammas = torch.stack([search(num_refinements=r).gamma for r in range(4)])
+    assert (gammas[1:] >= gammas[:-1] * (1 - 1e-12)).all()
+    assert (gammas[3] > 1.05 * gammas[2]).any()
+    assert torch.equal(search().gamma, gammas[2])
+
+
+def test_enhancer_tilt_directions_are_unit_vectors():
+    """The scale grid is that of tilts ``pi1 exp(s <u, phi>)`` with ``||u|| = 1`` (DEFAULT_SCALES),
+    so a returned tilt (scale > 0) names a unit direction, whether the best one is a random start
+    (no refinement) or a refined dual direction."""
+    instance, main, sigma, generator = enhancer_problem(0, beta=1.0, eta=0.3, num=8)
+    for rounds in (0, 2):
+        result = online.enhancer_policy(instance, main, sigma=sigma, beta=1.0,
+                                        generator=generator, num_random_directions=16,
+                                        num_refinements=rounds)
+        used = result.scale > 0
+        assert used.any()
+        norms = result.direction[used].norm(dim=-1)
+        torch.testing.assert_close(norms, torch.ones_like(norms), rtol=1e-12, atol=0)
+
+
 def test_enhancer_falls_back_to_main_when_nothing_is_feasible():
     """With a tiny radius and a large eta only pi1 itself (Gamma = KL = 0) is affordable."""
     instance, main, sigma, generator = enhancer_problem(3, beta=1e-9, eta=1e3)
@@ -346,12 +379,21 @@ def test_run_online_enhancer_replays_enhancer_policy():
         pairs = instance.sample_preferences(6, main, second, generator, (2,))
         assert torch.equal(run.data.first_actions[:, 6 * t: 6 * (t + 1)], pairs.first_actions)
         assert torch.equal(run.data.second_actions[:, 6 * t: 6 * (t + 1)], pairs.second_actions)
-    arguments = dict(method="enhancer", num_batches=1, batch_size=4, num_seeds=2, beta=4.0,
+    # on this instance a third refinement round finds a larger Gamma (so the check below tells
+    # 2 rounds from 3)
+    arguments = dict(method="enhancer", num_batches=1, batch_size=4, num_seeds=2, beta=1.0,
                      reg=1.0)
-    defaults = online.run_online(instance, **arguments, generator=torch.Generator().manual_seed(0))
-    explicit = online.run_online(instance, **arguments, generator=torch.Generator().manual_seed(0),
-                                 num_random_directions=8, num_refinements=2)
-    assert torch.equal(defaults.second_policies, explicit.second_policies)
+    instance = small_instance(eta=0.3, seed=2)
+    runs = [online.run_online(instance, **arguments, generator=torch.Generator().manual_seed(0),
+                              **search)
+            for search in ({}, dict(num_random_directions=8, num_refinements=2),
+                           dict(num_refinements=3))]
+    assert torch.equal(runs[0].second_policies, runs[1].second_policies)
+    # the pairs drawn after the search come from the same stream: the default search drew as
+    # many random directions (8) as the explicit one
+    assert torch.equal(runs[0].data.first_actions, runs[1].data.first_actions)
+    assert torch.equal(runs[0].data.second_actions, runs[1].data.second_actions)
+    assert (runs[2].gamma > runs[1].gamma).all()
 
 
 def test_run_online_uses_its_batch_size_and_ridge():
@@ -502,6 +544,24 @@ def test_elliptical_potentials_with_initial_sigma():
     assert torch.allclose(nested, torch.stack([potentials, potentials.flip(0)]))
 
 
+def test_elliptical_potentials_batched_sigma_and_two_batch_dimensions():
+    """One ``Sigma_0`` per sequence (``initial_sigma [3, d, d]``), and pairs with two batch
+    dimensions ``[2, 3, n, d]`` from the default ``reg I``: each sequence's potentials are those
+    of its own unbatched call."""
+    generator = torch.Generator().manual_seed(1)
+    z = torch.randn(2, 3, 4, 2, dtype=torch.float64, generator=generator)
+    sigma0 = random_sigma(3, 2, generator)
+    per_sigma = online.elliptical_potentials(z[0], 1.0, sigma0)
+    nested = online.elliptical_potentials(z, 0.5)
+    assert per_sigma.shape == (3, 4) and nested.shape == (2, 3, 4)
+    for j in range(3):
+        assert torch.allclose(per_sigma[j], online.elliptical_potentials(z[0, j], 1.0, sigma0[j]),
+                              rtol=1e-13)
+        for i in range(2):
+            assert torch.allclose(nested[i, j], online.elliptical_potentials(z[i, j], 0.5),
+                                  rtol=1e-13)
+
+
 def test_log_det_bound_closed_form():
     """d log(1 + n L^2 / (d reg)) by hand, for L = 3 and for the default L = 2."""
     assert online.log_det_bound(10, dim=4, reg=0.5, feature_diff_bound=3.0).item() == \
@@ -568,6 +628,13 @@ def test_undercovered_instance_bad_input(changes, match):
                      norm_bound=1.0, eta=0.1, generator=torch.Generator(), rare_weight=0.8)
     with pytest.raises(ValueError, match=f"^{match}"):
         online.undercovered_instance(**{**arguments, **changes})
+
+
+def test_undercovered_instance_context_law_is_uniform_in_float64():
+    """d0 is uniform: 1/3 for three contexts, exactly as float64 has it (not 1/3 rounded to
+    float32, 3e-8 away)."""
+    instance = small_instance(num_contexts=3)
+    assert instance.context_probs.tolist() == [1 / 3] * 3
 
 
 def test_undercovered_instance_edge_values_are_accepted():

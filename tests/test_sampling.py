@@ -95,6 +95,19 @@ def test_empirical_acceptance_rate_matches_the_exact_rate():
     assert torch.all((rate_hat - rate).abs() <= z * torch.sqrt(rate * (1 - rate) / trials))
 
 
+def test_rows_are_independent_draws_pooled_across_a_batch():
+    """3000 identical rows, one draw each: pooled, they are 3000 independent draws of the Gibbs
+    policy (Pearson chi-square at LEVEL). pi0 = (1/2, 1/2) and acceptance probabilities (1, 1/2)
+    give pi_r(1) = 1/3. Rows that shared their uniforms would not pool so: all rows meet the
+    same first uniform below 1/2, at proposal J, and a fraction 2^-J (1/2, 1/4, ...), never 1/3,
+    of them would draw action 1."""
+    ref = t([0.5, 0.5]).expand(3000, 2)
+    rewards = t([0.0, -math.log(2)])
+    samples, _ = rejection_sample(ref, rewards, 1.0, 1, generator(4))
+    counts = empirical_counts(samples.reshape(1, -1), 2)
+    assert chi_square_pvalue(counts, t([[2 / 3, 1 / 3]])).item() >= LEVEL
+
+
 def naive_acceptance_rate(ref: list[float], rewards: list[float], eta: float) -> float:
     """Z exp(-r_max/eta), r_max the largest reward on the support, by the textbook formula."""
     r_max = max(r for p, r in zip(ref, rewards, strict=True) if p > 0)
@@ -244,6 +257,19 @@ def test_rso_pool_equal_to_samples_returns_the_pool():
     rewards = torch.randn(50, 6, dtype=torch.float64, generator=generator)
     picked = sampling.rso_select(rewards, 6, 0.3, generator)
     assert torch.equal(picked.sort(-1).values, torch.arange(6).expand(50, 6))
+
+
+@pytest.mark.parametrize("pool_size", [2, 10_000])
+def test_rso_select_returns_positions_in_acceptance_order_across_rounds(pool_size):
+    """Positions 1..M-1 share the best reward, position 0 is worse by 1 and eta = 1e-3 gives it
+    acceptance probability exp(-1000) = 0 in the first round: round one accepts 1..M-1 in pool
+    order, round two accepts 0, so the acceptance order is 1, ..., M-1, 0. The last two follow
+    each other from the last pool position to the first; for M = 10^4 their acceptance ranks
+    times (M + 1) plus positions (M^2 - 3 and M^2 - 1) are whole numbers above 2^26."""
+    rewards = torch.ones(pool_size, dtype=torch.float64)
+    rewards[0] = 0.0
+    picked = sampling.rso_select(rewards, pool_size, 1e-3, torch.Generator().manual_seed(0))
+    assert picked.tolist() == [*range(1, pool_size), 0]
 
 
 @given(st.integers(1, 6), st.integers(0, 6), st.floats(1e-3, 1e3), st.integers(0, 2**31 - 1))
@@ -423,6 +449,21 @@ def test_multi_step_replays_its_docstring(proposal):
                    else torch.bincount(draws, minlength=6).to(torch.float64) / 50)
     assert torch.equal(samples, draws)
     assert total.item() == pytest.approx(expected_total, rel=1e-12)
+
+
+def test_multi_step_over_two_batch_dimensions():
+    """pi0 ``[2, 3, K]``: samples ``[2, 3, n]`` on the support, rates ``[N, 2, 3]`` and the total
+    proposals per context, ``sum_k n / rate_k`` as documented."""
+    generator = torch.Generator().manual_seed(10)
+    ref = torch.softmax(torch.randn(2, 3, 4, dtype=torch.float64, generator=generator), -1)
+    ref[1, 2, 0] = 0.0
+    ref = ref / ref.sum(-1, keepdim=True)
+    rewards = torch.randn(2, 3, 4, dtype=torch.float64, generator=generator)
+    samples, rates, total = sampling.multi_step_rejection_sample(ref, rewards, [1.0, 0.5], 30,
+                                                                 generator)
+    assert samples.shape == (2, 3, 30) and rates.shape == (2, 2, 3) and total.shape == (2, 3)
+    assert not (samples[1, 2] == 0).any()
+    torch.testing.assert_close(total, (30 / rates).sum(0), rtol=1e-14, atol=0)
 
 
 def test_samplers_name_their_bad_arguments():
