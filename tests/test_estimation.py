@@ -459,3 +459,40 @@ def test_float32_inputs_are_read_in_float64():
                                          generator=torch.Generator().manual_seed(1))
              for diffs, center in [(z, theta), (z.double(), theta.double())]]
     assert radii[0].dtype == torch.float64 and torch.equal(*radii)
+
+
+def test_lists_and_labels_of_any_dtype_are_read_in_float64():
+    """Feature differences given as a Python list of numbers that float32 cannot hold give the
+    float64 closed form of ``Sigma_D`` and the fit of their float64 tensor; labels 0/1 given as
+    uint8, bool, int64, float32 or a list give the objective, gradient and fit of float64 labels
+    (in uint8, ``2 y - 1`` and its negation would wrap around to 255)."""
+    rows = [[0.1, 1 / 3], [-0.7, 0.2], [1 / 7, -0.9], [0.3, 0.6]]
+    expected = 0.5 * np.eye(2) + np.array(rows).T @ np.array(rows)
+    assert np.allclose(estimation.sigma_d(rows, 0.5).numpy(), expected, rtol=1e-15, atol=0)
+    z = torch.tensor(rows, dtype=torch.float64)
+    labels = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    fit = estimation.fit_bt_mle(z, labels, 0.5)
+    assert torch.equal(estimation.fit_bt_mle(rows, labels, 0.5), fit)
+    theta = torch.tensor([0.4, -1.3], dtype=torch.float64)
+    signs = [1, -1, 1, 1]
+    margins = [sum(t * v for t, v in zip(theta.tolist(), row, strict=True)) for row in rows]
+    objective = sum(math.log1p(math.exp(-s * m)) for s, m in zip(signs, margins, strict=True))
+    for other in (labels.to(torch.uint8), labels.bool(), labels.long(), labels.float(),
+                  labels.tolist()):
+        assert estimation.bt_objective(theta, z, other, 0.0).item() == pytest.approx(
+            objective, rel=1e-14)
+        assert torch.equal(estimation.bt_gradient(theta, z, other, 0.5),
+                           estimation.bt_gradient(theta, z, labels, 0.5))
+        assert torch.equal(estimation.fit_bt_mle(z, other, 0.5), fit)
+
+
+def test_a_loose_tolerance_bounds_the_euclidean_norm_of_each_gradient():
+    """The stopping rule is the Euclidean norm of each problem's gradient: at ``theta = 0`` the
+    gradient of two orthogonal pairs, both labelled 0, is ``(1/2, 1/2)``, of norm 0.707 above
+    ``tol = 0.6`` though each coordinate is below it, so the fit must take a step."""
+    z = torch.eye(2, dtype=torch.float64)
+    labels = torch.zeros(2, dtype=torch.float64)
+    assert torch.equal(estimation.bt_gradient(torch.zeros(2, dtype=torch.float64), z, labels, 1.0),
+                       torch.tensor([0.5, 0.5], dtype=torch.float64))
+    theta = estimation.fit_bt_mle(z, labels, 1.0, tol=0.6)
+    assert estimation.bt_gradient(theta, z, labels, 1.0).norm() <= 0.6
