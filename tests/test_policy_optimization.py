@@ -4,6 +4,8 @@ independently written objective, and brute-force searches."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import log_uniform
@@ -300,3 +302,19 @@ def test_float32_inputs_are_read_in_float64():
     fits = [po.optimize_policy(rewards, ref_probs=ref, eta=0.5, initial_w=start, **kwargs).w
             for start, kwargs in [(w, narrow), (w.double(), wide)]]
     assert fits[0].dtype == torch.float64 and torch.equal(*fits)
+
+
+def test_log_linear_policy_reads_lists_in_float64():
+    """Features and ``w`` given as Python lists of numbers that float32 cannot hold give the
+    float64 softmax of ``log pi0 + <w, psi>`` written out by hand (float32 would be off by
+    about 1e-8)."""
+    psi = [[[0.1, 1 / 3], [-0.7, 1 / 7]], [[2 / 3, -0.2], [0.9, -1 / 9]]]
+    w = [1 / 3, -2.7]
+    ref = torch.tensor([[0.3, 0.7], [0.55, 0.45]], dtype=torch.float64)
+    logits = [[math.log(ref[x, a].item()) + sum(p * v for p, v in zip(psi[x][a], w, strict=True))
+               for a in range(2)] for x in range(2)]
+    expected = [[math.exp(v) / sum(math.exp(u) for u in row) for v in row] for row in logits]
+    got = po.log_linear_policy(ref, policy_features=psi, w=w)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-14,
+                               atol=0)
