@@ -850,3 +850,18 @@ def test_two_batch_dimensions_are_the_flattened_batch():
         dpo.dpo_mle_agreement(bandit, flat, reg=0.5)
     for value, expected in zip(batched, flattened, strict=True):
         assert value.shape == (2, 2) and torch.equal(value.flatten(), expected)
+
+
+def test_iterations_are_the_largest_count_of_the_problems_alone():
+    """Each problem of a batch backtracks on its own Armijo test, so the batch takes exactly the
+    Newton steps of its slowest problem alone, and each ends at its own fit (two problems of
+    very different scales and a small ridge, where coupled line searches would slow the easy
+    one down)."""
+    z = torch.tensor([[[0.4, -1.5], [7.0, 10.8], [-1.2, -3.6], [-9.4, 0.8], [5.0, 1.5]],
+                      [[101.3, 8.6], [14.5, -32.9], [-66.7, 61.0], [51.4, 12.6],
+                       [-49.8, -37.8]]], dtype=torch.float64)
+    fit = dpo.train_dpo_linear(z, eta=0.5, reg=0.0016)
+    alone = [dpo.train_dpo_linear(z[row], eta=0.5, reg=0.0016) for row in range(2)]
+    assert fit.iterations == max(one.iterations for one in alone)
+    torch.testing.assert_close(fit.w, torch.stack([one.w for one in alone]), rtol=0,
+                               atol=1e-9 / (0.0016 * 0.5))
