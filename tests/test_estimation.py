@@ -552,3 +552,30 @@ def test_the_default_iteration_budget_is_one_hundred_newton_steps():
     z, labels = random_problem((), 50, 3, seed=6)
     with pytest.raises(RuntimeError, match="did not converge in 100 Newton steps"):
         estimation.fit_bt_mle(z, labels, 1.0, tol=1e-300)
+
+
+@pytest.mark.parametrize("feature_diffs,labels,reg", [
+    ([[0.0036327007387751704, 0.173134174657892]], [1.0], 5.2725736223820145e-14),
+    ([[-0.03222520673132608, 0.006146188283714372, -0.0026884975913194107],
+      [-0.010777825765734272, -0.028881434068257442, 0.017681991283769252]], [1.0, 0.0],
+     1.659010859631454e-12)])
+def test_a_hessian_indefinite_by_float32_round_off_is_retried(feature_diffs, labels, reg):
+    """Fewer pairs than features and a ridge below the float32 round-off of the Hessian: its
+    Cholesky factorisation fails by round-off (found by a random search over such problems),
+    the retry with 1e-12 I succeeds, and the fit reaches the tolerance."""
+    z, y = (torch.tensor(v, dtype=torch.float64) for v in (feature_diffs, labels))
+    theta = estimation.fit_bt_mle(z, y, reg)
+    assert estimation.bt_gradient(theta, z, y, reg).norm() <= estimation.MLE_TOLERANCE
+
+
+@pytest.mark.xfail(strict=True, raises=torch.linalg.LinAlgError,
+                   reason="bug: the retry's 1e-12 I is below the float32 round-off of this "
+                          "Hessian (about 1e-7 of its norm), so the retry fails too")
+def test_a_small_ridge_on_rank_deficient_data_still_fits():
+    """The objective is ``reg``-strongly convex for every ``reg > 0``, so the fit must reach the
+    tolerance (or raise the documented RuntimeError); on one pair in three features with
+    ``reg = 1e-9`` the float32 Hessian is indefinite by more than the retry's damping."""
+    z = torch.tensor([[0.3, 0.7, 0.9]], dtype=torch.float64)
+    y = torch.ones(1, dtype=torch.float64)
+    theta = estimation.fit_bt_mle(z, y, 1e-9)
+    assert estimation.bt_gradient(theta, z, y, 1e-9).norm() <= estimation.MLE_TOLERANCE
