@@ -351,3 +351,10 @@ def test_each_problem_reports_its_own_gradient_and_the_batch_its_slowest_count()
                                 policy_features=psi[row]) for row in range(2)]
     assert fit.iterations == max(one.iterations for one in alone)
     torch.testing.assert_close(fit.w, torch.stack([one.w for one in alone]), rtol=0, atol=1e-9)
+
+
+def test_the_default_budget_is_five_hundred_steps():
+    """A tolerance below round-off (1e-300) cannot be met: the error names the default budget."""
+    psi, ref, rewards, _ = _problem(3, batch=1, prompts=2, actions=3, dim=2)
+    with pytest.raises(RuntimeError, match="did not converge in 500 steps"):
+        po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=psi, tol=1e-300)
