@@ -788,3 +788,80 @@ def test_float32_inputs_are_read_in_float64():
     picks = [dpo.select_pairs(s, "max_min", torch.Generator().manual_seed(1))
              for s in (scores, torch.tensor(scores, dtype=torch.float64))]
     assert all(torch.equal(a, b) for a, b in zip(*picks, strict=True))
+
+
+@pytest.mark.parametrize("offset", [-6.0, -3.0])
+def test_label_smoothed_fit_with_a_margin_offset_solves_its_stationarity_equation(offset):
+    """One pair ``z = 1`` whose margin starts at ``offset`` (low curvature): the smoothed
+    objective's derivative in ``w``, ``eta [ls sigmoid(eta h) - (1 - ls) sigmoid(-eta h)]
+    + reg eta^2 w`` with ``h = w + offset``, is increasing, and its root (scipy's brentq) is
+    the minimiser. The first Newton steps overshoot past it, where the smoothed and the plain
+    objectives disagree about which way is down."""
+    from scipy.optimize import brentq
+
+    eta, reg, ls = 1.0, 0.01, 0.4
+
+    def derivative(w):
+        h = w + offset
+        return eta * (ls * _sigmoid(eta * h) - (1 - ls) * _sigmoid(-eta * h)) + reg * eta**2 * w
+
+    expected = brentq(derivative, 0.0, 100.0, xtol=1e-14)
+    fit = dpo.train_dpo_linear(torch.ones(1, 1, dtype=torch.float64), eta=eta, reg=reg,
+                               label_smoothing=ls, margin_offsets=torch.tensor([offset]))
+    assert fit.w.item() == pytest.approx(expected, abs=1e-9 / reg)
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_lists_are_read_in_float64():
+    """Weights, features and scores given as Python lists of numbers that float32 cannot hold
+    (0.1, 1/3) give exactly the result of their float64 tensors (``as_tensor(..., float64)``)."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 5, 2, dtype=torch.float64, generator=g)
+    weights = [[0.1, 1 / 3, 0.7, 0.9, 1.1]]
+    fits = [dpo.train_dpo_linear(z, eta=0.7, reg=0.3, weights=w).w
+            for w in (weights, torch.tensor(weights, dtype=torch.float64))]
+    assert torch.equal(*fits)
+    bandit, generator = _bandit(eta=0.4)
+    data = bandit.sample_preferences(8, bandit.ref_probs, bandit.ref_probs, generator, (2,))
+    policies = [dpo.offline_dpo(bandit, data, reg=1.0, features=f)
+                for f in (bandit.features.tolist(), bandit.features)]
+    assert torch.equal(*policies)
+    # 0.3 + 1e-9 is the largest score in float64 only: in float32 it ties with 0.3 (position 0).
+    first, second = dpo.select_pairs([[0.3, 0.3 + 1e-9, 0.1]], "max_min",
+                                     torch.Generator().manual_seed(1))
+    assert first.tolist() == [1] and second.tolist() == [2]
+
+
+def test_two_batch_dimensions_are_the_flattened_batch():
+    """``rso_dpo`` and ``dpo_mle_agreement`` on data of batch shape [2, 2] return exactly the
+    results on the same data flattened to [4] (same random stream), reshaped."""
+    bandit, generator = _bandit(seed=5, eta=0.5)
+    data = bandit.sample_preferences(10, bandit.ref_probs, bandit.ref_probs, generator, (2, 2))
+    flat = gu.Preferences(*(getattr(data, name).flatten(0, 1) for name in (
+        "contexts", "first_actions", "second_actions", "labels", "feature_diffs")))
+    policies = [dpo.rso_dpo(bandit, d, reg=0.5, num_pairs=5, pool_size=3, tol=1e-6,
+                            generator=torch.Generator().manual_seed(2)) for d in (data, flat)]
+    assert policies[0].shape == (2, 2, 3, 5)
+    assert torch.equal(policies[0].flatten(0, 1), policies[1])
+    batched, flattened = dpo.dpo_mle_agreement(bandit, data, reg=0.5), \
+        dpo.dpo_mle_agreement(bandit, flat, reg=0.5)
+    for value, expected in zip(batched, flattened, strict=True):
+        assert value.shape == (2, 2) and torch.equal(value.flatten(), expected)
+
+
+def test_iterations_are_the_largest_count_of_the_problems_alone():
+    """Each problem of a batch backtracks on its own Armijo test, so the batch takes exactly the
+    Newton steps of its slowest problem alone, and each ends at its own fit (two problems of
+    very different scales and a small ridge, where coupled line searches would slow the easy
+    one down)."""
+    z = torch.tensor([[[0.4, -1.5], [7.0, 10.8], [-1.2, -3.6], [-9.4, 0.8], [5.0, 1.5]],
+                      [[101.3, 8.6], [14.5, -32.9], [-66.7, 61.0], [51.4, 12.6],
+                       [-49.8, -37.8]]], dtype=torch.float64)
+    fit = dpo.train_dpo_linear(z, eta=0.5, reg=0.0016)
+    alone = [dpo.train_dpo_linear(z[row], eta=0.5, reg=0.0016) for row in range(2)]
+    assert fit.iterations == max(one.iterations for one in alone)
+    assert torch.allclose(fit.w, torch.stack([one.w for one in alone]), rtol=0,
+                          atol=1e-9 / (0.0016 * 0.5))

@@ -4,6 +4,8 @@ independently written objective, and brute-force searches."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import log_uniform
@@ -300,3 +302,59 @@ def test_float32_inputs_are_read_in_float64():
     fits = [po.optimize_policy(rewards, ref_probs=ref, eta=0.5, initial_w=start, **kwargs).w
             for start, kwargs in [(w, narrow), (w.double(), wide)]]
     assert fits[0].dtype == torch.float64 and torch.equal(*fits)
+
+
+def test_log_linear_policy_reads_lists_in_float64():
+    """Features and ``w`` given as Python lists of numbers that float32 cannot hold give the
+    float64 softmax of ``log pi0 + <w, psi>`` written out by hand (float32 would be off by
+    about 1e-8)."""
+    psi = [[[0.1, 1 / 3], [-0.7, 1 / 7]], [[2 / 3, -0.2], [0.9, -1 / 9]]]
+    w = [1 / 3, -2.7]
+    ref = torch.tensor([[0.3, 0.7], [0.55, 0.45]], dtype=torch.float64)
+    logits = [[math.log(ref[x, a].item()) + sum(p * v for p, v in zip(psi[x][a], w, strict=True))
+               for a in range(2)] for x in range(2)]
+    expected = [[math.exp(v) / sum(math.exp(u) for u in row) for v in row] for row in logits]
+    got = po.log_linear_policy(ref, policy_features=psi, w=w)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-14,
+                               atol=0)
+
+
+def test_a_feature_without_variance_leaves_its_weight_at_the_start():
+    """A feature column of zeros has no variance under any policy, so the Fisher matrix and the
+    Hessian are singular in its direction (the damping keeps the Cholesky factorisation
+    defined); the gradient has no component there, so its weight stays at its start, and the
+    other weights are the fit without the column."""
+    psi, ref, rewards, _ = _problem(3)
+    padded = torch.cat([psi, torch.zeros_like(psi[..., :1])], -1)
+    fit = po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=padded)
+    plain = po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=psi)
+    assert (fit.w[..., -1] == 0).all() and (fit.grad_norm <= po.PO_TOLERANCE).all()
+    torch.testing.assert_close(fit.w[..., :-1], plain.w, rtol=0, atol=1e-8)
+
+
+def test_each_problem_reports_its_own_gradient_and_the_batch_its_slowest_count():
+    """``grad_norm`` is each problem's own ``||grad F||`` at its answer (autograd of the
+    independently written objective; a loose tolerance keeps it well above round-off), and
+    ``iterations`` the largest of the counts the problems take alone: a problem leaves the
+    iteration once converged, so an easy one (rewards 0.01 times smaller) does not wait."""
+    psi, ref, rewards, _ = _problem(4)
+    fit = po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=psi, tol=1e-3)
+    for row in range(3):
+        gradient = jacobian(lambda w, r=row: _objective(w, psi[r], ref[r], rewards[r], 0.5),
+                            fit.w[row])
+        assert fit.grad_norm[row].item() == pytest.approx(gradient.norm().item(), rel=1e-6)
+    psi, ref, rewards, _ = _problem(5, batch=2)
+    rewards = rewards * torch.tensor([0.01, 5.0], dtype=torch.float64)[:, None, None]
+    fit = po.optimize_policy(rewards, ref_probs=ref, eta=0.1, policy_features=psi)
+    alone = [po.optimize_policy(rewards[row], ref_probs=ref[row], eta=0.1,
+                                policy_features=psi[row]) for row in range(2)]
+    assert fit.iterations == max(one.iterations for one in alone)
+    torch.testing.assert_close(fit.w, torch.stack([one.w for one in alone]), rtol=0, atol=1e-9)
+
+
+def test_the_default_budget_is_five_hundred_steps():
+    """A tolerance below round-off (1e-300) cannot be met: the error names the default budget."""
+    psi, ref, rewards, _ = _problem(3, batch=1, prompts=2, actions=3, dim=2)
+    with pytest.raises(RuntimeError, match="did not converge in 500 steps"):
+        po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=psi, tol=1e-300)
