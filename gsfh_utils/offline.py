@@ -416,11 +416,20 @@ def asymptotic_suboptimality(bandit: LinearBTBandit, behaviour) -> float:
     ``O(1/n)``, so its share of ``n E[SubOpt]`` vanishes). ``C`` must live on the directions the
     comparisons identify (``mu`` covering the support of ``pi*``), else the limit is infinite and
     a ``ValueError`` is raised (Zhao et al., arXiv:2411.04625, for the ``1/n`` rate).
+
+    Both matrices are first scaled by ``S = diag(I)^{-1/2}`` (1 where ``I_jj = 0``), which leaves
+    ``tr(C I^+)`` unchanged when ``C`` lives on the range of ``I`` (write ``C = I A I``; both sides
+    equal ``tr(I A)``), so that the relative threshold that tells identified directions from
+    round-off does not depend on the units of each feature.
     """
     information = comparison_fisher_information(bandit, behaviour)
     # Hessian of F(theta) = eta E_x log E_{pi0} exp(<theta, phi - nu>/eta) at theta* is C / eta.
     _, _, curvature = _dual_pieces(bandit.theta_star, bandit.features, bandit.ref_probs,
                                    bandit.context_probs, _diffs(bandit), bandit.eta)
+    diagonal = information.diagonal()
+    scale = torch.where(diagonal > 0, diagonal.rsqrt(), 1.0)
+    information = scale[:, None] * information * scale
+    curvature = scale[:, None] * curvature * scale
     pseudo_inverse = torch.linalg.pinv(information, hermitian=True, rtol=1e-10)
     projector = information @ pseudo_inverse
     outside = (curvature - projector @ curvature @ projector).norm()
