@@ -273,6 +273,12 @@ def gap_identity_magnitude(policy, ref_probs, rewards, eta) -> torch.Tensor:
             + (gibbs * rewards).abs().sum(-1))
 
 
+def _log_magnitude(p, q) -> torch.Tensor:
+    """``sum_a p(a) (|log p(a)| + |log q(a)|)``: the magnitude that ``kl_divergence(p, q)``'s
+    rounding errors are relative to."""
+    return (torch.xlogy(p, p).abs() + torch.xlogy(p, q).abs()).sum(-1)
+
+
 def frontier_excess(ref_probs, rewards, policies):
     """How far ``policies [N, K]`` (one context) rise above the Gibbs reward-KL frontier.
 
@@ -283,6 +289,10 @@ def frontier_excess(ref_probs, rewards, policies):
     does not depend on the bisection's precision. Returns ``(excess, kl, reward)``:
     ``(E_pi r - F)`` divided by the float64 round-off bound of the comparison (at most 1 for every
     policy if the frontier dominates), and each policy's KL and expected reward.
+
+    The round-off bound counts the terms as they are rounded: each KL is a sum of
+    ``p log p - p log pi0``, whose logarithms err relative to ``|log p|`` and ``|log pi0|`` (not to
+    the KL, which is small when ``eta`` is large), and ``eta`` multiplies both KLs.
     """
     from .lab.stats import roundoff_tolerance
 
@@ -293,7 +303,8 @@ def frontier_excess(ref_probs, rewards, policies):
     eta = gibbs_frontier_eta(ref_probs, rewards, kl)
     matched = gibbs_policy(ref_probs, rewards, eta)
     frontier = (matched * rewards).sum(-1) + eta * (kl - kl_divergence(matched, ref_probs))
-    tolerance = roundoff_tolerance(rewards.shape[-1], rewards.abs().max() + eta * kl)
+    log_terms = (_log_magnitude(policies, ref_probs) + _log_magnitude(matched, ref_probs))
+    tolerance = roundoff_tolerance(rewards.shape[-1], 2 * rewards.abs().max() + eta * log_terms)
     return (reward - frontier) / tolerance, kl, reward
 
 
