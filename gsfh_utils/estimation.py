@@ -114,6 +114,14 @@ def backtracking_step(objective_at, point, step, margins, step_margins, objectiv
             torch.where(pending, objective, new_objective))
 
 
+def _float32_roundoff(hessian: torch.Tensor, num_pairs: int) -> torch.Tensor:
+    """A bound on how far a Hessian ``sum_i c_i z_i z_i^T`` formed in float32 moves its
+    eigenvalues, ``[b, 1, 1]``: the error matrix is below ``n u_32 sum_i c_i |z_i| |z_i|^T`` entry
+    by entry (Higham, eq. 4.4), and its spectral norm below that matrix's trace, ``tr H``."""
+    trace = hessian.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return (num_pairs * torch.finfo(torch.float32).eps * trace)[:, None, None]
+
+
 def _newton_chunk(z: torch.Tensor, signs: torch.Tensor, reg: float, tol: float,
                   max_iter: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Damped Newton on a chunk ``z [b, n, d]``; returns (theta, gradient norms, iterations).
@@ -147,7 +155,7 @@ def _newton_chunk(z: torch.Tensor, signs: torch.Tensor, reg: float, tol: float,
         hessian = hessian.to(torch.float64) + reg * eye
         chol, info = torch.linalg.cholesky_ex(hessian)
         if bool((info != 0).any()):  # only by round-off: reg I makes it positive definite
-            chol = torch.linalg.cholesky(hessian + 1e-12 * eye)
+            chol = torch.linalg.cholesky(hessian + _float32_roundoff(hessian, num_pairs) * eye)
         step = torch.cholesky_solve(gradient.unsqueeze(-1), chol).squeeze(-1)
         step_margins = torch.bmm(step.unsqueeze(1), z_t).squeeze(1)
         decrement = (gradient * step).sum(-1)  # Newton decrement squared, >= 0

@@ -562,20 +562,18 @@ def test_the_default_iteration_budget_is_one_hundred_newton_steps():
 def test_a_hessian_indefinite_by_float32_round_off_is_retried(feature_diffs, labels, reg):
     """Fewer pairs than features and a ridge below the float32 round-off of the Hessian: its
     Cholesky factorisation fails by round-off (found by a random search over such problems),
-    the retry with 1e-12 I succeeds, and the fit reaches the tolerance."""
+    the retry, damped by the float32 round-off bound, succeeds, and the fit reaches the
+    tolerance."""
     z, y = (torch.tensor(v, dtype=torch.float64) for v in (feature_diffs, labels))
     theta = estimation.fit_bt_mle(z, y, reg)
     assert estimation.bt_gradient(theta, z, y, reg).norm() <= estimation.MLE_TOLERANCE
 
 
-@pytest.mark.xfail(strict=False, raises=torch.linalg.LinAlgError,
-                   reason="bug: the retry's 1e-12 I is below the float32 round-off of this "
-                          "Hessian (about 1e-7 of its norm), so the retry fails too (not strict: "
-                          "a mutant that happens to avoid the bug must not count as killed)")
 def test_a_small_ridge_on_rank_deficient_data_still_fits():
     """The objective is ``reg``-strongly convex for every ``reg > 0``, so the fit must reach the
     tolerance (or raise the documented RuntimeError); on one pair in three features with
-    ``reg = 1e-9`` the float32 Hessian is indefinite by more than the retry's damping."""
+    ``reg = 1e-9`` the float32 Hessian is indefinite by more than a fixed damping of 1e-12 I,
+    whose retry failed with LinAlgError, and the retry's damping must follow the round-off."""
     z = torch.tensor([[0.3, 0.7, 0.9]], dtype=torch.float64)
     y = torch.ones(1, dtype=torch.float64)
     theta = estimation.fit_bt_mle(z, y, 1e-9)
