@@ -569,12 +569,14 @@ def test_a_hessian_indefinite_by_float32_round_off_is_retried(feature_diffs, lab
     assert estimation.bt_gradient(theta, z, y, reg).norm() <= estimation.MLE_TOLERANCE
 
 
-def test_a_small_ridge_on_rank_deficient_data_still_fits():
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_a_small_ridge_on_rank_deficient_data_still_fits(scale):
     """The objective is ``reg``-strongly convex for every ``reg > 0``, so the fit must reach the
     tolerance (or raise the documented RuntimeError); on one pair in three features with
     ``reg = 1e-9`` the float32 Hessian is indefinite by more than a fixed damping of 1e-12 I,
-    whose retry failed with LinAlgError, and the retry's damping must follow the round-off."""
-    z = torch.tensor([[0.3, 0.7, 0.9]], dtype=torch.float64)
+    whose retry failed with LinAlgError, and the retry's damping must follow the round-off,
+    which grows with the Hessian (here scaled by 30^2 with the feature differences)."""
+    z = scale * torch.tensor([[0.3, 0.7, 0.9]], dtype=torch.float64)
     y = torch.ones(1, dtype=torch.float64)
     theta = estimation.fit_bt_mle(z, y, 1e-9)
     assert estimation.bt_gradient(theta, z, y, 1e-9).norm() <= estimation.MLE_TOLERANCE

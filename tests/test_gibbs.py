@@ -946,3 +946,20 @@ def test_frontier_excess_of_gibbs_policies_at_large_eta_is_within_roundoff():
     on = gibbs_policy(ref, rewards, t([[1e3], [1e4], [1e5]]))
     excess, _, _ = frontier_excess(ref, rewards, on)
     assert (excess.abs() <= 1).all(), excess.flatten().tolist()
+
+
+def test_frontier_excess_of_each_policy_is_its_own():
+    """The excess of a policy, its KL and its reward do not depend on the other policies of the
+    batch (each has its own matched eta and its own round-off allowance), and one policy [K]
+    gives the same as a batch of one."""
+    generator = torch.Generator().manual_seed(1)
+    ref = torch.softmax(torch.randn(5, dtype=torch.float64, generator=generator), -1)
+    rewards = torch.randn(5, dtype=torch.float64, generator=generator)
+    policies = torch.cat([gibbs_policy(ref, rewards, t([[1e-2], [1e4]])).reshape(2, 5),
+                          torch.softmax(3 * torch.randn(2, 5, dtype=torch.float64,
+                                                        generator=generator), -1)])
+    batched = frontier_excess(ref, rewards, policies)
+    for row, policy in enumerate(policies):
+        alone = frontier_excess(ref, rewards, policy)
+        for of_batch, of_one in zip(batched, alone, strict=True):
+            torch.testing.assert_close(of_batch[row], of_one, rtol=1e-6, atol=1e-9)
