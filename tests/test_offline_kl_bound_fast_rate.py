@@ -228,3 +228,23 @@ def test_limit_is_zero_when_all_actions_of_a_context_are_alike():
                                torch.full((2, 3), 1 / 3, dtype=torch.float64),
                                torch.full((2,), 0.5, dtype=torch.float64), 1.0)
     assert offline.asymptotic_suboptimality(bandit, bandit.ref_probs) == 0.0
+
+
+@pytest.mark.parametrize("norm,eta", [(1.5, 0.5), (10.0, 5.0), (30.0, 5.0)])
+def test_limit_with_an_invertible_information_is_the_trace_of_a_solve(norm, eta):
+    """When I is invertible the limit is tr(I^{-1} C) / (2 eta), with C = E_x Cov_{pi*}[phi]
+    written out and a linear solve instead of a pseudo-inverse; also with large margins
+    (||theta*|| = 30, where sigma' is tiny and C scaled by diag(I)^{-1/2} has norm 6e6), whose
+    round-off the coverage check must accept (its threshold is relative to the size of C)."""
+    generator = torch.Generator().manual_seed(12)
+    bandit = gu.LinearBTBandit.random(num_contexts=2, num_actions=3, dim=2, norm_bound=norm,
+                                      eta=eta, generator=generator)
+    uniform = torch.full((2, 3), 1 / 3, dtype=torch.float64)
+    information = offline.comparison_fisher_information(bandit, uniform)
+    pi_star = bandit.optimal_policy()
+    mean = torch.einsum("xa,xad->xd", pi_star, bandit.features)
+    centred = bandit.features - mean[:, None, :]
+    curvature = torch.einsum("x,xa,xad,xae->de", bandit.context_probs, pi_star, centred, centred)
+    expected = torch.trace(torch.linalg.solve(information, curvature)) / (2 * eta)
+    assert offline.asymptotic_suboptimality(bandit, uniform) == pytest.approx(float(expected),
+                                                                              rel=1e-9)
