@@ -274,9 +274,10 @@ def gap_identity_magnitude(policy, ref_probs, rewards, eta) -> torch.Tensor:
 
 
 def _log_magnitude(p, q) -> torch.Tensor:
-    """``sum_a p(a) (|log p(a)| + |log q(a)|)``: the magnitude that ``kl_divergence(p, q)``'s
-    rounding errors are relative to."""
-    return (torch.xlogy(p, p).abs() + torch.xlogy(p, q).abs()).sum(-1)
+    """``sum_a p(a) (|log p(a)| + |log q(a)| + 2)``: the magnitude that ``kl_divergence(p, q)``'s
+    rounding errors are relative to (each logarithm errs by ``u`` relative to its value, and by
+    ``u`` absolutely from the rounding of its argument)."""
+    return (torch.xlogy(p, p).abs() + torch.xlogy(p, q).abs() + 2 * p).sum(-1)
 
 
 def frontier_excess(ref_probs, rewards, policies):
@@ -291,8 +292,9 @@ def frontier_excess(ref_probs, rewards, policies):
     policy if the frontier dominates), and each policy's KL and expected reward.
 
     The round-off bound counts the terms as they are rounded: each KL is a sum of
-    ``p log p - p log pi0``, whose logarithms err relative to ``|log p|`` and ``|log pi0|`` (not to
-    the KL, which is small when ``eta`` is large), and ``eta`` multiplies both KLs.
+    ``p log p - p log pi0``, whose logarithms err by ``u (|log p| + 1)`` and ``u (|log pi0| + 1)``
+    (not relative to the KL, which is small when ``eta`` is large), and ``eta`` multiplies both
+    KLs. A KL that round-off makes slightly negative is matched as 0.
     """
     from .lab.stats import roundoff_tolerance
 
@@ -300,7 +302,7 @@ def frontier_excess(ref_probs, rewards, policies):
     policies = check_probs(policies, "policies")
     kl = kl_divergence(policies, ref_probs)
     reward = (policies * rewards).sum(-1)
-    eta = gibbs_frontier_eta(ref_probs, rewards, kl)
+    eta = gibbs_frontier_eta(ref_probs, rewards, kl.clamp_min(0))
     matched = gibbs_policy(ref_probs, rewards, eta)
     frontier = (matched * rewards).sum(-1) + eta * (kl - kl_divergence(matched, ref_probs))
     log_terms = (_log_magnitude(policies, ref_probs) + _log_magnitude(matched, ref_probs))

@@ -935,17 +935,21 @@ def test_frontier_eta_beyond_reach_is_the_lower_end_of_the_bracket():
     torch.testing.assert_close(eta, t([1e-12, 1e-12]), rtol=1e-6, atol=0)
 
 
-def test_frontier_excess_of_gibbs_policies_at_large_eta_is_within_roundoff():
+@pytest.mark.parametrize("seed", [0, 11])
+@pytest.mark.parametrize("spread", [1.0, 10.0])
+def test_frontier_excess_of_gibbs_policies_is_within_roundoff(seed, spread):
     """Gibbs policies lie on the frontier for every eta, so their excess is at most one round-off
-    unit in absolute value, also at eta = 1e3, 1e4, 1e5 (KL about 1e-7 to 1e-11). An allowance
-    of ``eta KL`` alone, relative to the KL rather than to the logarithms it is computed from,
-    flagged these by 80 to 4000 units."""
-    generator = torch.Generator().manual_seed(0)
-    ref = torch.softmax(torch.randn(5, dtype=torch.float64, generator=generator), -1)
+    unit in absolute value, from eta = 1e-2 to 1e5 (KL down to 1e-13), also when pi0 puts 1e-5
+    on some actions (logits of spread 10). An allowance of ``eta KL`` alone, relative to the KL
+    rather than to the logarithms it is computed from, flagged these by 80 to 4000 units, one
+    without the ``u`` each logarithm takes from its rounded argument by 1.2 units, and a KL
+    computed slightly below 0 (seed 11, spread 10) was refused by the bisection."""
+    generator = torch.Generator().manual_seed(seed)
+    ref = torch.softmax(spread * torch.randn(5, dtype=torch.float64, generator=generator), -1)
     rewards = torch.randn(5, dtype=torch.float64, generator=generator)
-    on = gibbs_policy(ref, rewards, t([[1e3], [1e4], [1e5]]))
-    excess, _, _ = frontier_excess(ref, rewards, on)
-    assert (excess.abs() <= 1).all(), excess.flatten().tolist()
+    on = gibbs_policy(ref, rewards, torch.logspace(-2, 5, 8, dtype=torch.float64)[:, None])
+    excess, _, _ = frontier_excess(ref, rewards, on.reshape(-1, 5))
+    assert (excess.abs() <= 1).all(), excess.tolist()
 
 
 def test_frontier_excess_of_each_policy_is_its_own():
