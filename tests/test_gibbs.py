@@ -967,3 +967,17 @@ def test_frontier_excess_of_each_policy_is_its_own():
         alone = frontier_excess(ref, rewards, policy)
         for of_batch, of_one in zip(batched, alone, strict=True):
             torch.testing.assert_close(of_batch[row], of_one, rtol=1e-6, atol=1e-9)
+
+
+def test_frontier_excess_flags_policies_off_a_frontier_of_one_point():
+    """With constant rewards every eta gives pi0, so the frontier is one point and a policy of
+    positive KL lies below it by ``eta KL``: far more than round-off (KL 13 and 28 here), also
+    for a policy with zeros and mass on an action that pi0 gives 1e-12 (where the allowance's
+    terms are largest relative to the KL)."""
+    ref = t([1e-12, 0.5 - 5e-13, 0.5 - 5e-13])
+    policies = t([[1.0, 0.0, 0.0], [0.5, 0.25, 0.25]])
+    excess, kl, reward = frontier_excess(ref, torch.zeros(3, dtype=torch.float64), policies)
+    assert (excess < -1e6).all(), excess.tolist()
+    by_hand = t([math.log(1e12), 0.5 * math.log(0.5e12) + 0.5 * math.log(0.5)])
+    torch.testing.assert_close(kl, by_hand, rtol=1e-9, atol=0)
+    assert (reward == 0).all()
