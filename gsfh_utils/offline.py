@@ -419,9 +419,14 @@ def asymptotic_suboptimality(bandit: LinearBTBandit, behaviour) -> float:
 
     Both matrices are first scaled by ``S = diag(I)^{-1/2}`` (1 where ``I_jj = 0``), which leaves
     ``tr(C I^+)`` unchanged when ``C`` lives on the range of ``I`` (write ``C = I A I``; both sides
-    equal ``tr(I A)``), so that the relative threshold that tells identified directions from
-    round-off does not depend on the units of each feature.
+    equal ``tr(I A)``), so that telling identified directions from round-off does not depend on
+    the units of each feature. Each entry of the scaled ``I`` sums ``X K^2`` terms whose absolute
+    values add up to at most 1 (Cauchy-Schwarz), so round-off moves its eigenvalues by at most
+    ``d`` times that sum's error bound; an eigenvalue below it counts as an unidentified direction,
+    and ``tr(C I^+) = sum_k v_k^T C v_k / lambda_k`` over the others.
     """
+    from .lab.stats import roundoff_tolerance
+
     information = comparison_fisher_information(bandit, behaviour)
     # Hessian of F(theta) = eta E_x log E_{pi0} exp(<theta, phi - nu>/eta) at theta* is C / eta.
     _, _, curvature = _dual_pieces(bandit.theta_star, bandit.features, bandit.ref_probs,
@@ -430,13 +435,16 @@ def asymptotic_suboptimality(bandit: LinearBTBandit, behaviour) -> float:
     scale = torch.where(diagonal > 0, diagonal.rsqrt(), 1.0)
     information = scale[:, None] * information * scale
     curvature = scale[:, None] * curvature * scale
-    pseudo_inverse = torch.linalg.pinv(information, hermitian=True, rtol=1e-10)
-    projector = information @ pseudo_inverse
-    outside = (curvature - projector @ curvature @ projector).norm()
+    num_contexts, num_actions, dim = bandit.features.shape
+    eigenvalues, eigenvectors = torch.linalg.eigh(information)
+    kept = eigenvalues > roundoff_tolerance(num_contexts * num_actions**2, dim)
+    identified = eigenvectors[:, kept]  # an orthonormal basis of the identified directions
+    on_identified = identified.T @ curvature @ identified
+    outside = (curvature - identified @ on_identified @ identified.T).norm()
     if outside > 1e-8 * curvature.norm():
         raise ValueError("behaviour does not identify the directions pi* plays: the comparisons "
                          "must cover the support of pi*")
-    return float(0.5 * torch.trace(curvature @ pseudo_inverse))
+    return float(0.5 * (on_identified.diagonal() / eigenvalues[kept]).sum())
 
 
 def expected_bound(bandit: LinearBTBandit, comparator, *, sigma, beta) -> torch.Tensor:

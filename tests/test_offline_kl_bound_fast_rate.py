@@ -220,6 +220,27 @@ def test_limit_is_invariant_under_an_anisotropic_feature_map():
         offline.asymptotic_suboptimality(bandit, behaviour), rel=1e-6)
 
 
+@pytest.mark.parametrize("collinearity", [1e-3, 1e-5, 1e-6])
+def test_limit_is_invariant_under_a_nearly_collinear_feature_map(collinearity):
+    """phi -> A phi / s with A = [[1, 0], [1, e]] (the second feature nearly a copy of the first)
+    and theta* -> s A^{-T} theta* keeps every margin and pi*, so the limit is unchanged. I's
+    smallest eigenvalue (after scaling) falls to about e^2 / 2 of its largest, so the limit is
+    known only to about u / (e^2 / 2) relative (ten times that is allowed). A threshold of 1e-10
+    on the eigenvalues, or a projector formed as I I^+, called e <= 1e-5 unidentified."""
+    bandit, _, generator = problem(12, num_contexts=2, num_actions=3, dim=2)
+    behaviour = torch.softmax(torch.randn(2, 3, dtype=torch.float64, generator=generator), -1)
+    mixing = torch.tensor([[1.0, 0.0], [1.0, collinearity]], dtype=torch.float64)
+    features = bandit.features @ mixing.T
+    size = 1.0001 * features.norm(dim=-1).max()
+    mapped = gu.LinearBTBandit(features / size, size * torch.linalg.solve(mixing.T,
+                                                                          bandit.theta_star),
+                               bandit.ref_probs, bandit.context_probs, bandit.eta)
+    unit_roundoff = torch.finfo(torch.float64).eps / 2
+    assert offline.asymptotic_suboptimality(mapped, behaviour) == pytest.approx(
+        offline.asymptotic_suboptimality(bandit, behaviour),
+        rel=10 * unit_roundoff / (collinearity**2 / 2))
+
+
 def test_limit_is_zero_when_all_actions_of_a_context_are_alike():
     """Identical features within each context: every policy has the value of pi*, C = 0 and
     I = 0, and the limit is 0 (not a failure of coverage)."""
