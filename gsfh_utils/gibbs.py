@@ -159,7 +159,9 @@ def gibbs_frontier_eta(ref_probs, rewards, kl_target, num_bisections: int = 200)
 
     KL(pi_eta || pi0) decreases from ``-log pi0(argmax r)`` (eta -> 0) to 0 (eta -> inf), so a
     bisection on ``log eta`` over [1e-12, 1e12] finds it. Targets at or above the largest
-    reachable KL return the lower end (the frontier there is flat at ``max r``).
+    reachable KL return the lower end (the frontier there is flat at ``max r``), except a target
+    of 0 when every ``eta`` gives ``pi0`` (rewards constant on its support): every ``eta`` meets
+    it, and the end returned follows the sign of the round-off in the computed KLs.
     """
     ref_probs = check_probs(ref_probs, "ref_probs")
     rewards = check_rewards(rewards)
