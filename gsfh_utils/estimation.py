@@ -114,12 +114,19 @@ def backtracking_step(objective_at, point, step, margins, step_margins, objectiv
             torch.where(pending, objective, new_objective))
 
 
-def _float32_roundoff(hessian: torch.Tensor, num_pairs: int) -> torch.Tensor:
-    """A bound on how far a Hessian ``sum_i c_i z_i z_i^T`` formed in float32 moves its
-    eigenvalues, ``[b, 1, 1]``: the error matrix is below ``n u_32 sum_i c_i |z_i| |z_i|^T`` entry
-    by entry (Higham, eq. 4.4), and its spectral norm below that matrix's trace, ``tr H``."""
+def _float64_hessian_factor(z: torch.Tensor, z_t: torch.Tensor, curvature: torch.Tensor,
+                            reg: float) -> torch.Tensor:
+    """Cholesky factor of the Hessian ``sum_i c_i z_i z_i^T + reg I`` formed in float64, for when
+    its float32 product failed to factorise (round-off of float32 made it indefinite). A damping
+    of float64's own round-off bound, ``n eps_64 tr H``, covers a ``reg`` below even that: the
+    error of the product is below ``n u sum_i c_i |z_i| |z_i|^T`` entry by entry (Higham, eq.
+    4.4), whose spectral norm is at most its trace, ``tr H``."""
+    num_pairs, dim = z.shape[-2:]
+    hessian = torch.bmm(z_t * curvature.unsqueeze(1), z)
     trace = hessian.diagonal(dim1=-2, dim2=-1).sum(-1)
-    return (num_pairs * torch.finfo(torch.float32).eps * trace)[:, None, None]
+    damping = reg + num_pairs * torch.finfo(torch.float64).eps * trace
+    return torch.linalg.cholesky(hessian + damping[:, None, None] * torch.eye(dim,
+                                                                             dtype=torch.float64))
 
 
 def _newton_chunk(z: torch.Tensor, signs: torch.Tensor, reg: float, tol: float,
@@ -155,7 +162,7 @@ def _newton_chunk(z: torch.Tensor, signs: torch.Tensor, reg: float, tol: float,
         hessian = hessian.to(torch.float64) + reg * eye
         chol, info = torch.linalg.cholesky_ex(hessian)
         if bool((info != 0).any()):  # only by round-off: reg I makes it positive definite
-            chol = torch.linalg.cholesky(hessian + _float32_roundoff(hessian, num_pairs) * eye)
+            chol = _float64_hessian_factor(z, z_t, curvature, reg)
         step = torch.cholesky_solve(gradient.unsqueeze(-1), chol).squeeze(-1)
         step_margins = torch.bmm(step.unsqueeze(1), z_t).squeeze(1)
         decrement = (gradient * step).sum(-1)  # Newton decrement squared, >= 0

@@ -574,9 +574,39 @@ def test_a_small_ridge_on_rank_deficient_data_still_fits(scale):
     """The objective is ``reg``-strongly convex for every ``reg > 0``, so the fit must reach the
     tolerance (or raise the documented RuntimeError); on one pair in three features with
     ``reg = 1e-9`` the float32 Hessian is indefinite by more than a fixed damping of 1e-12 I,
-    whose retry failed with LinAlgError, and the retry's damping must follow the round-off,
-    which grows with the Hessian (here scaled by 30^2 with the feature differences)."""
+    whose retry failed with LinAlgError (here also with the feature differences scaled by 30)."""
     z = scale * torch.tensor([[0.3, 0.7, 0.9]], dtype=torch.float64)
     y = torch.ones(1, dtype=torch.float64)
     theta = estimation.fit_bt_mle(z, y, 1e-9)
     assert estimation.bt_gradient(theta, z, y, 1e-9).norm() <= estimation.MLE_TOLERANCE
+
+
+def test_a_ridge_below_float32_round_off_fits_like_float64_newton():
+    """2202 pairs on a rank-one design (plus noise of 8e-5 relative) with reg = 1.9e-15: Newton
+    with its Hessian in float64 reaches the tolerance in 2 steps. A retry that damps the float32
+    Hessian by float32's round-off bound (about 1e-3 of its trace here) instead of forming it in
+    float64 crawled along the weak directions and ran out of its budget."""
+    generator = torch.Generator().manual_seed(481)
+    basis = torch.randn(1, 3, dtype=torch.float64, generator=generator)
+    z = 1.1406e-4 * (torch.randn(2202, 1, dtype=torch.float64, generator=generator) @ basis
+                     + 8.382e-5 * torch.randn(2202, 3, dtype=torch.float64, generator=generator))
+    y = (torch.rand(2202, dtype=torch.float64, generator=generator) < 0.5).to(torch.float64)
+    reg = 1.9451e-15
+    theta = estimation.fit_bt_mle(z, y, reg)
+    assert estimation.bt_gradient(theta, z, y, reg).norm() <= estimation.MLE_TOLERANCE
+
+
+def test_large_feature_differences_on_nearly_separable_data_fit_to_the_tolerance():
+    """Feature differences of scale 30 with labels drawn from BT at a random theta make the data
+    nearly separable, so the MLE sits far out and damped Newton needs its line search on the
+    true objective (softplus losses plus reg |theta|^2 / 2): every problem of the batch reaches
+    the tolerance. With the line search's objective wrong (the ridge term subtracted, or reg
+    divided by |theta|^2) the fit ran out of its budget."""
+    generator = torch.Generator().manual_seed(4)
+    z = 30 * torch.randn(8, 20, 3, dtype=torch.float64, generator=generator)
+    theta_star = torch.randn(8, 3, dtype=torch.float64, generator=generator)
+    probs = torch.sigmoid(torch.einsum("bnd,bd->bn", z, theta_star))
+    y = (torch.rand(8, 20, dtype=torch.float64, generator=generator) < probs).to(torch.float64)
+    theta = estimation.fit_bt_mle(z, y, 1e-3)
+    assert (estimation.bt_gradient(theta, z, y, 1e-3).norm(dim=-1)
+            <= estimation.MLE_TOLERANCE).all()
