@@ -358,3 +358,18 @@ def test_the_default_budget_is_five_hundred_steps():
     psi, ref, rewards, _ = _problem(3, batch=1, prompts=2, actions=3, dim=2)
     with pytest.raises(RuntimeError, match="did not converge in 500 steps"):
         po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=psi, tol=1e-300)
+
+
+def test_large_collinear_features_give_the_policy_of_their_independent_part():
+    """A third feature that is (psi_1 + psi_2) / 3 adds no policy to the log-linear class, so
+    with features of scale 100 (a Fisher matrix of entries up to about 1e4 / eta, singular) the
+    optimum is the policy found on the first two features alone, on 20 random problems. A
+    damping of the singular Fisher matrix not scaled to its diagonal failed to factorise."""
+    generator = torch.Generator().manual_seed(0)
+    base = 100 * torch.randn(20, 4, 5, 2, dtype=torch.float64, generator=generator)
+    psi = torch.cat([base, base.sum(-1, keepdim=True) / 3], -1)
+    ref = torch.softmax(torch.randn(20, 4, 5, dtype=torch.float64, generator=generator), -1)
+    rewards = torch.randn(20, 4, 5, dtype=torch.float64, generator=generator)
+    with_copy = po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=psi)
+    alone = po.optimize_policy(rewards, ref_probs=ref, eta=0.5, policy_features=base)
+    torch.testing.assert_close(with_copy.objective, alone.objective, rtol=1e-9, atol=1e-9)
