@@ -422,8 +422,11 @@ def asymptotic_suboptimality(bandit: LinearBTBandit, behaviour) -> float:
     equal ``tr(I A)``), so that telling identified directions from round-off does not depend on
     the units of each feature. Each entry of the scaled ``I`` sums ``X K^2`` terms whose absolute
     values add up to at most 1 (Cauchy-Schwarz), so round-off moves its eigenvalues by at most
-    ``d`` times that sum's error bound; an eigenvalue below it counts as an unidentified direction,
-    and ``tr(C I^+) = sum_k v_k^T C v_k / lambda_k`` over the others.
+    ``d`` times that sum's error bound, and the symmetric eigensolver by about ``d u ||I||_2 <=
+    d^2 u`` more (the scaled diagonal is 1); an eigenvalue below the two counts as an
+    unidentified direction, and ``tr(C I^+) = sum_k v_k^T C v_k / lambda_k`` over the others.
+    ``C``'s part outside the kept directions is judged relative to its norm (above ``1e-8`` of it,
+    the ``ValueError``).
     """
     from .lab.stats import roundoff_tolerance
 
@@ -437,7 +440,7 @@ def asymptotic_suboptimality(bandit: LinearBTBandit, behaviour) -> float:
     curvature = scale[:, None] * curvature * scale
     num_contexts, num_actions, dim = bandit.features.shape
     eigenvalues, eigenvectors = torch.linalg.eigh(information)
-    kept = eigenvalues > roundoff_tolerance(num_contexts * num_actions**2, dim)
+    kept = eigenvalues > roundoff_tolerance(num_contexts * num_actions**2 + dim, dim)
     identified = eigenvectors[:, kept]  # an orthonormal basis of the identified directions
     on_identified = identified.T @ curvature @ identified
     outside = (curvature - identified @ on_identified @ identified.T).norm()

@@ -224,8 +224,8 @@ def test_limit_is_invariant_under_an_anisotropic_feature_map():
 def test_limit_is_invariant_under_a_nearly_collinear_feature_map(collinearity):
     """phi -> A phi / s with A = [[1, 0], [1, e]] (the second feature nearly a copy of the first)
     and theta* -> s A^{-T} theta* keeps every margin and pi*, so the limit is unchanged. I's
-    smallest eigenvalue (after scaling) falls to about e^2 / 2 of its largest, so the limit is
-    known only to about u / (e^2 / 2) relative (ten times that is allowed). A threshold of 1e-10
+    smallest eigenvalue (after scaling) falls to about e^2 of its largest, so the limit is known
+    only to about u times I's condition number (ten times that is allowed). A threshold of 1e-10
     on the eigenvalues, or a projector formed as I I^+, called e <= 1e-5 unidentified."""
     bandit, _, generator = problem(12, num_contexts=2, num_actions=3, dim=2)
     behaviour = torch.softmax(torch.randn(2, 3, dtype=torch.float64, generator=generator), -1)
@@ -235,10 +235,30 @@ def test_limit_is_invariant_under_a_nearly_collinear_feature_map(collinearity):
     mapped = gu.LinearBTBandit(features / size, size * torch.linalg.solve(mixing.T,
                                                                           bandit.theta_star),
                                bandit.ref_probs, bandit.context_probs, bandit.eta)
+    information = offline.comparison_fisher_information(mapped, behaviour)
+    scale = information.diagonal().rsqrt()
+    eigenvalues = torch.linalg.eigvalsh(scale[:, None] * information * scale)
+    condition = float(eigenvalues[-1] / eigenvalues[0])
     unit_roundoff = torch.finfo(torch.float64).eps / 2
     assert offline.asymptotic_suboptimality(mapped, behaviour) == pytest.approx(
-        offline.asymptotic_suboptimality(bandit, behaviour),
-        rel=10 * unit_roundoff / (collinearity**2 / 2))
+        offline.asymptotic_suboptimality(bandit, behaviour), rel=10 * unit_roundoff * condition)
+
+
+def test_limit_is_unchanged_by_embedding_in_many_dimensions():
+    """phi -> M phi, theta* -> M theta* with M an orthonormal column [300, 1] keeps every margin
+    and pi*; I = M I_1 M^T has one identified direction, and the 299 others are round-off of the
+    eigensolver (about d u ||I||), which the threshold must not take for identified directions
+    (whose inverse eigenvalues would swamp the trace): the limit is the 1-d problem's."""
+    for seed in range(5):
+        generator = torch.Generator().manual_seed(seed)
+        bandit = gu.LinearBTBandit.random(num_contexts=1, num_actions=2, dim=1, norm_bound=1.5,
+                                          eta=0.5, generator=generator)
+        behaviour = torch.softmax(torch.randn(1, 2, dtype=torch.float64, generator=generator), -1)
+        column, _ = torch.linalg.qr(torch.randn(300, 1, dtype=torch.float64, generator=generator))
+        embedded = gu.LinearBTBandit(bandit.features @ column.T, column @ bandit.theta_star,
+                                     bandit.ref_probs, bandit.context_probs, bandit.eta)
+        assert offline.asymptotic_suboptimality(embedded, behaviour) == pytest.approx(
+            offline.asymptotic_suboptimality(bandit, behaviour), rel=1e-9)
 
 
 def test_limit_is_zero_when_all_actions_of_a_context_are_alike():
