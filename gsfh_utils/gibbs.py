@@ -296,7 +296,10 @@ def frontier_excess(ref_probs, rewards, policies):
     The round-off bound counts the terms as they are rounded: each KL is a sum of
     ``p log p - p log pi0``, whose logarithms err by ``u (|log p| + 1)`` and ``u (|log pi0| + 1)``
     (not relative to the KL, which is small when ``eta`` is large), and ``eta`` multiplies both
-    KLs. A KL that round-off makes slightly negative is matched as 0.
+    KLs. A KL that round-off makes slightly negative is matched as 0. Probabilities that sum to
+    ``1 + delta`` (``check_probs`` accepts ``|delta|`` up to 1.5e-8) move the gap identity by up to
+    ``|delta| (eta + max |r|)`` (``eta`` times the unnormalised KL's ``|delta|`` and
+    ``eta |log Z| <= max |r|``), which is added, for the policies' and pi0's ``delta``.
     """
     from .lab.stats import roundoff_tolerance
 
@@ -308,7 +311,9 @@ def frontier_excess(ref_probs, rewards, policies):
     matched = gibbs_policy(ref_probs, rewards, eta)
     frontier = (matched * rewards).sum(-1) + eta * (kl - kl_divergence(matched, ref_probs))
     log_terms = (_log_magnitude(policies, ref_probs) + _log_magnitude(matched, ref_probs))
-    tolerance = roundoff_tolerance(rewards.shape[-1], 2 * rewards.abs().max() + eta * log_terms)
+    deltas = (policies.sum(-1) - 1).abs() + (ref_probs.sum(-1) - 1).abs()
+    tolerance = (roundoff_tolerance(rewards.shape[-1], 2 * rewards.abs().max() + eta * log_terms)
+                 + deltas * (eta + rewards.abs().max()))
     return (reward - frontier) / tolerance, kl, reward
 
 
