@@ -299,7 +299,7 @@ def frontier_excess(ref_probs, rewards, policies):
     KLs. A KL that round-off makes slightly negative is matched as 0. Probabilities that sum to
     ``1 + delta`` (``check_probs`` accepts ``|delta|`` up to 1.5e-8) move the gap identity by up to
     ``|delta| (eta + max |r|)`` (``eta`` times the unnormalised KL's ``|delta|`` and
-    ``eta |log Z| <= max |r|``), which is added, for the policies' and pi0's ``delta``.
+    ``eta |log Z| <= max |r|``), which is added; pi0's own ``delta`` shifts both KLs alike.
     """
     from .lab.stats import roundoff_tolerance
 
@@ -311,9 +311,9 @@ def frontier_excess(ref_probs, rewards, policies):
     matched = gibbs_policy(ref_probs, rewards, eta)
     frontier = (matched * rewards).sum(-1) + eta * (kl - kl_divergence(matched, ref_probs))
     log_terms = (_log_magnitude(policies, ref_probs) + _log_magnitude(matched, ref_probs))
-    deltas = (policies.sum(-1) - 1).abs() + (ref_probs.sum(-1) - 1).abs()
+    delta = (policies.sum(-1) - 1).abs()
     tolerance = (roundoff_tolerance(rewards.shape[-1], 2 * rewards.abs().max() + eta * log_terms)
-                 + deltas * (eta + rewards.abs().max()))
+                 + delta * (eta + rewards.abs().max()))
     return (reward - frontier) / tolerance, kl, reward
 
 

@@ -610,3 +610,18 @@ def test_large_feature_differences_on_nearly_separable_data_fit_to_the_tolerance
     theta = estimation.fit_bt_mle(z, y, 1e-3)
     assert (estimation.bt_gradient(theta, z, y, 1e-3).norm(dim=-1)
             <= estimation.MLE_TOLERANCE).all()
+
+
+def test_a_ridge_below_float64_round_off_raises_the_documented_error():
+    """1592 pairs on a rank-three design in five features, the other two directions at 6e-9 of
+    its scale, and reg = 2.3e-14: their curvature (about 3e-18 of the Hessian's trace) is below
+    float64's resolution, so even a float64 Hessian is indefinite by round-off and Newton cannot
+    reach the tolerance; the fit must end with the documented RuntimeError (no LinAlgError
+    from a retry whose damping does not cover float64's round-off)."""
+    generator = torch.Generator().manual_seed(23)
+    basis = torch.randn(3, 5, dtype=torch.float64, generator=generator)
+    z = 0.29885 * (torch.randn(1592, 3, dtype=torch.float64, generator=generator) @ basis
+                   + 5.98e-9 * torch.randn(1592, 5, dtype=torch.float64, generator=generator))
+    y = (torch.rand(1592, dtype=torch.float64, generator=generator) < 0.5).to(torch.float64)
+    with pytest.raises(RuntimeError, match="^fit_bt_mle did not converge in 100 Newton steps"):
+        estimation.fit_bt_mle(z, y, 2.3458e-14)

@@ -987,11 +987,15 @@ def test_frontier_excess_of_float32_gibbs_policies_is_within_the_allowance():
     """Gibbs policies computed in float32 and read in float64 sum to 1 - 7e-8 (within what
     check_probs accepts); the gap identity then moves by up to |delta| (eta + max |r|), which
     the allowance includes: they stay within 1 unit of the frontier (a policy flagged +6e6
-    units at eta = 1 without that term)."""
+    units at eta = 1 without that term), while the uniform policy in float32 (sum 1 + 1.5e-8)
+    lies far below it."""
     generator = torch.Generator().manual_seed(0)
     ref = torch.softmax(torch.randn(5, dtype=torch.float64, generator=generator), -1)
     rewards = torch.randn(5, dtype=torch.float64, generator=generator)
     etas = t([[0.1], [1.0], [10.0], [1e3]])
-    single = gibbs_policy(ref.float(), rewards.float(), etas.float()).double()
+    single = gibbs_policy(ref.float(), rewards.float(), etas.float()).double().reshape(4, 5)
     excess, _, _ = frontier_excess(ref, rewards, single)
-    assert (excess.abs() <= 1).all(), excess.flatten().tolist()
+    assert (excess.abs() <= 1).all(), excess.tolist()
+    uniform = torch.full((1, 5), 0.2, dtype=torch.float32).double()
+    below, _, _ = frontier_excess(ref, rewards, uniform)
+    assert (below < -1e3).all(), below.tolist()
