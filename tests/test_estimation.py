@@ -625,3 +625,20 @@ def test_a_ridge_below_float64_round_off_raises_the_documented_error():
     y = (torch.rand(1592, dtype=torch.float64, generator=generator) < 0.5).to(torch.float64)
     with pytest.raises(RuntimeError, match="^fit_bt_mle did not converge in 100 Newton steps"):
         estimation.fit_bt_mle(z, y, 2.3458e-14)
+
+
+def test_newton_steps_from_the_float64_retry_reach_the_tolerance():
+    """985 pairs on a rank-one design of scale 780 (other directions at 1.5e-11 of it) with
+    reg = 7.2e-6: the float32 Hessian fails to factorise on almost every step, so nearly every
+    direction comes from the float64 retry, which must be the Newton direction of
+    sum_i c_i z_i z_i^T + reg I for the fit to reach the tolerance in its budget (else it raises
+    RuntimeError; the gradient recomputed from scratch differs from the fit's running one by
+    round-off of these large differences, 2e-9, so the fit's own stopping test is the check)."""
+    generator = torch.Generator().manual_seed(56)
+    basis = torch.randn(1, 3, dtype=torch.float64, generator=generator)
+    z = 783.9188327677697 * (
+        torch.randn(985, 1, dtype=torch.float64, generator=generator) @ basis
+        + 1.4984942485531318e-11 * torch.randn(985, 3, dtype=torch.float64, generator=generator))
+    y = (torch.rand(985, dtype=torch.float64, generator=generator) < 0.5).to(torch.float64)
+    theta = estimation.fit_bt_mle(z, y, 7.22107302480234e-06)
+    assert torch.isfinite(theta).all()
