@@ -180,7 +180,8 @@ def fit_bt_mle(feature_diffs, labels, reg: float, tol: float = MLE_TOLERANCE,
     returns ``theta_hat [..., d]`` (float64).
 
     Method: damped Newton from ``theta = 0`` (Hessian ``sum_i sigmoid'(m_i) z_i z_i^T + reg I``,
-    its ``n d^2`` product formed in float32 since it only sets the search direction; batched
+    its ``n d^2`` product formed in float32 since it only sets the search direction, and again
+    in float64 on a step where round-off makes the float32 one indefinite; batched
     Cholesky solves; Armijo backtracking), on chunks of the flattened batch of about
     ``CHUNK_BYTES`` so that each chunk's data stay in cache. Gradient, objective and stopping
     test are float64, so the optimum is the float64 one. The objective is ``reg``-strongly

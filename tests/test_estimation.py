@@ -562,7 +562,7 @@ def test_the_default_iteration_budget_is_one_hundred_newton_steps():
 def test_a_hessian_indefinite_by_float32_round_off_is_retried(feature_diffs, labels, reg):
     """Fewer pairs than features and a ridge below the float32 round-off of the Hessian: its
     Cholesky factorisation fails by round-off (found by a random search over such problems),
-    the retry, damped by the float32 round-off bound, succeeds, and the fit reaches the
+    the retry, with the Hessian formed in float64, succeeds, and the fit reaches the
     tolerance."""
     z, y = (torch.tensor(v, dtype=torch.float64) for v in (feature_diffs, labels))
     theta = estimation.fit_bt_mle(z, y, reg)
